@@ -1,0 +1,131 @@
+"""Postgres DDL derived from the table spec: enum types, tables, constraints, indexes.
+
+Everything is idempotent (IF NOT EXISTS, duplicate_object guards) so that every run can ensure
+the schema before data lands, without a separate migration tool.
+"""
+
+from __future__ import annotations
+
+from graphlib import TopologicalSorter
+
+import psycopg
+
+from d1_migration.spec import Column, Schema, Table
+
+BOOKKEEPING_SCHEMA = "d1_migration"
+
+BOOKKEEPING_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {BOOKKEEPING_SCHEMA};
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.id_map (
+    source_table TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    target_id UUID NOT NULL,
+    PRIMARY KEY (source_table, source_id)
+);
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.rejected_rows (
+    source_table TEXT NOT NULL,
+    source_pk TEXT NOT NULL,
+    target_pk TEXT,
+    column_name TEXT,
+    reason_code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    raw_row JSONB NOT NULL,
+    run_id TEXT,
+    first_seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    last_seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    resolved_at TIMESTAMPTZ,
+    PRIMARY KEY (source_table, source_pk)
+);
+CREATE INDEX IF NOT EXISTS rejected_rows_open
+    ON {BOOKKEEPING_SCHEMA}.rejected_rows (source_table) WHERE resolved_at IS NULL;
+"""
+
+
+def q(name: str) -> str:
+    """Quote an identifier; the spec's names are plain, but keywords such as "key" need it."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def load_order(schema: Schema) -> list[Table]:
+    """Parents before children, so FK REFERENCES and FK checks always find their parent."""
+    graph = {t.name: set(t.parents) for t in schema.tables}
+    order = list(TopologicalSorter(graph).static_order())
+    return [schema.table(name) for name in order]
+
+
+def column_ddl(table: Table, column: Column) -> str:
+    parts = [q(column.name), column.pg_type]
+    if table.primary_key == (column.name,):
+        parts.append("PRIMARY KEY")
+    elif not column.nullable:
+        parts.append("NOT NULL")
+    if column.default is not None:
+        parts.append(f"DEFAULT {column.default}")
+    if column.unique:
+        parts.append("UNIQUE")
+    if column.check:
+        parts.append(f"CHECK ({column.check})")
+    if column.parent:
+        parent_table, parent_column = column.parent
+        parts.append(f"REFERENCES {q(parent_table)}({q(parent_column)})")
+        if column.on_delete:
+            parts.append(f"ON DELETE {column.on_delete}")
+    return " ".join(parts)
+
+
+def create_table_sql(table: Table) -> str:
+    lines = [column_ddl(table, c) for c in table.columns]
+    if len(table.primary_key) > 1:
+        lines.append(f"PRIMARY KEY ({', '.join(map(q, table.primary_key))})")
+    lines += [f"UNIQUE ({', '.join(map(q, cols))})" for cols in table.uniques]
+    lines += [f"CONSTRAINT {q(name)} CHECK ({expr})" for name, expr in table.checks]
+    body = ",\n    ".join(lines)
+    return f"CREATE TABLE IF NOT EXISTS {q(table.name)} (\n    {body}\n)"
+
+
+def create_index_sql(table: Table) -> list[str]:
+    statements = []
+    for index in table.indexes:
+        using = f" USING {index.using}" if index.using else ""
+        where = f" WHERE {index.where}" if index.where else ""
+        statements.append(
+            f"CREATE INDEX IF NOT EXISTS {q(index.name)} ON {q(table.name)}{using}"
+            f"({index.expr}){where}"
+        )
+    return statements
+
+
+def create_enum_sql(name: str, values: tuple[str, ...]) -> str:
+    literals = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return (
+        f"DO $$ BEGIN CREATE TYPE {q(name)} AS ENUM ({literals}); "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
+
+
+def schema_statements(schema: Schema) -> list[str]:
+    statements = [BOOKKEEPING_DDL]
+    statements += [create_enum_sql(e.name, e.values) for e in schema.enums]
+    for table in load_order(schema):
+        statements.append(create_table_sql(table))
+        statements += create_index_sql(table)
+    return statements
+
+
+def ensure_schema(conn: psycopg.Connection, schema: Schema) -> None:
+    """Create whatever is missing. Serialised with an advisory lock, so parallel runs are safe."""
+    names = [t.name for t in schema.tables]
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('d1_migration.ensure_schema'))")
+        present = conn.execute(
+            "SELECT count(*) FROM unnest(%s::text[]) AS n WHERE to_regclass(quote_ident(n)) "
+            "IS NOT NULL",
+            [names],
+        ).fetchone()[0]
+        bookkeeping = conn.execute(
+            "SELECT to_regclass('d1_migration.rejected_rows') IS NOT NULL"
+        ).fetchone()[0]
+        if present == len(names) and bookkeeping:
+            return
+        for statement in schema_statements(schema):
+            conn.execute(statement)

@@ -1,0 +1,306 @@
+"""Loading one table: stage, quarantine what Postgres would refuse, merge, all in one transaction.
+
+Converted batches are COPYed (CSV written by Arrow) into a temporary staging table. The rules
+that need the whole table or other tables (CHECK constraints, UNIQUE keys, FKs) are evaluated
+there, in SQL generated from the same spec as the DDL, and failing rows move to quarantine.
+The survivors are merged into the target: rows gone from D1 are deleted, new rows inserted,
+changed rows updated. A merge rather than TRUNCATE + reload, because TRUNCATE/DELETE of a parent
+would cascade through its children; and a merge makes a re-run on the same source a no-op.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg.types.json import Jsonb
+
+from d1_migration.ddl import BOOKKEEPING_SCHEMA, q
+from d1_migration.source import ROWID, Snapshot
+from d1_migration.spec import Kind, Schema, Table
+from d1_migration.transforms import SOURCE_ID, Reject, convert_batch
+
+BATCH_ROWS = 50_000
+REJECTED = f"{BOOKKEEPING_SCHEMA}.rejected_rows"
+ID_MAP = f"{BOOKKEEPING_SCHEMA}.id_map"
+
+
+@dataclass
+class TableResult:
+    table: str
+    source_rows: int
+    target_rows: int
+    quarantined: int
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    remapped_ids: int = 0
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _csv(rows: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(rows, sink, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return sink.getvalue().to_pybytes()
+
+
+class TableLoad:
+    """The load of one table inside one open transaction."""
+
+    def __init__(self, conn: psycopg.Connection, table: Table, schema: Schema) -> None:
+        self.conn, self.table, self.schema = conn, table, schema
+        self.stage = q(f"_stage_{table.name}")
+        self.columns = [c for c in table.columns if not c.added]
+        self.rejects: list[Reject] = []
+        self.maps_ids = table.column(table.primary_key[0]).kind is Kind.ID
+
+    def create_stage(self) -> None:
+        cols = [f"{q(c.name)} {c.pg_type}" for c in self.columns]
+        cols += [f"{ROWID} BIGINT"] + ([f"{SOURCE_ID} TEXT"] if self.maps_ids else [])
+        self.conn.execute(f"CREATE TEMP TABLE {self.stage} ({', '.join(cols)}) ON COMMIT DROP")
+
+    def copy(self, rows: pa.Table) -> None:
+        """COPY a batch; if Postgres refuses it, find and quarantine the refused rows one by one."""
+        names = ", ".join(q(n) for n in rows.column_names)
+        statement = f"COPY {self.stage} ({names}) FROM STDIN (FORMAT csv)"
+        try:
+            with self.conn.transaction(), self.conn.cursor().copy(statement) as copy:
+                copy.write(_csv(rows))
+        except psycopg.DataError:
+            for i in range(rows.num_rows):
+                row = rows.slice(i, 1)
+                try:
+                    with self.conn.transaction(), self.conn.cursor().copy(statement) as copy:
+                        copy.write(_csv(row))
+                except psycopg.DataError as error:
+                    rowid = row[ROWID][0].as_py()
+                    message = error.diag.message_primary or str(error)
+                    self.rejects.append(
+                        Reject(
+                            rowid, None, "postgres_rejected", f"Postgres refused the row: {message}"
+                        )
+                    )
+
+    def _delete_returning(self, sql: str, params: list | None = None) -> list[tuple]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def reject_checks(self) -> None:
+        pk = q(self.table.primary_key[0])
+        checks = [(c.name, c.check) for c in self.table.columns if c.check]
+        checks += [(None, expr) for _, expr in self.table.checks]
+        for column, expr in checks:
+            for rowid, target_pk in self._delete_returning(
+                f"DELETE FROM {self.stage} WHERE NOT ({expr}) RETURNING {ROWID}, {pk}::text"
+            ):
+                self.rejects.append(
+                    Reject(
+                        rowid,
+                        column,
+                        "check_violation",
+                        f"violates CHECK ({expr}); correct it in D1",
+                        target_pk,
+                    )
+                )
+
+    def reject_duplicates(self) -> None:
+        pk = q(self.table.primary_key[0])
+        keys = [self.table.primary_key] + [(c.name,) for c in self.table.columns if c.unique]
+        keys += list(self.table.uniques)
+        for cols in keys:
+            quoted = ", ".join(map(q, cols))
+            not_null = " AND ".join(f"{q(c)} IS NOT NULL" for c in cols)
+            rows = self._delete_returning(
+                f"""DELETE FROM {self.stage} s USING (
+                      SELECT {ROWID}, row_number() OVER w AS n, first_value({ROWID}) OVER w AS kept
+                      FROM {self.stage} WHERE {not_null} WINDOW w AS (PARTITION BY {quoted}
+                      ORDER BY {ROWID})) d
+                    WHERE s.{ROWID} = d.{ROWID} AND d.n > 1
+                    RETURNING s.{ROWID}, s.{pk}::text, d.kept"""
+            )
+            for rowid, target_pk, kept in rows:
+                self.rejects.append(
+                    Reject(
+                        rowid,
+                        cols[0],
+                        "duplicate_key",
+                        f"has the same ({', '.join(cols)}) as D1 rowid {kept}, which was kept; "
+                        "merge or delete one of them in D1",
+                        target_pk,
+                    )
+                )
+
+    def reject_orphans(self) -> None:
+        """Children whose parent is missing or quarantined; repeats for self-references."""
+        pk = q(self.table.primary_key[0])
+        while True:
+            removed = 0
+            for column in self.table.foreign_keys:
+                parent_table, parent_column = column.parent
+                own = parent_table == self.table.name
+                parent_rel = self.stage if own else q(parent_table)
+                rows = self._delete_returning(
+                    f"""DELETE FROM {self.stage} s WHERE s.{q(column.name)} IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM {parent_rel} p
+                                        WHERE p.{q(parent_column)} = s.{q(column.name)})
+                        RETURNING s.{ROWID}, s.{pk}::text, s.{q(column.name)}::text"""
+                )
+                quarantined = self._quarantined_parents(
+                    parent_table, parent_column, [r[2] for r in rows]
+                )
+                for rowid, target_pk, value in rows:
+                    if value in quarantined:
+                        code, why = "parent_quarantined", "is quarantined"
+                    else:
+                        code, why = "missing_parent", "does not exist in D1"
+                    self.rejects.append(
+                        Reject(
+                            rowid,
+                            column.name,
+                            code,
+                            f"{column.name} = {value} refers to {parent_table}.{parent_column}, "
+                            f"which {why}; fix the parent or this reference in D1",
+                            target_pk,
+                        )
+                    )
+                removed += len(rows)
+            if not removed:
+                return
+
+    def _quarantined_parents(self, parent: str, column: str, values: list[str]) -> set[str]:
+        if not values:
+            return set()
+        parent_table = self.schema.table(parent)
+        if parent == self.table.name:
+            return {r.target_pk for r in self.rejects} & set(values)
+        if parent_table.primary_key == (column,):
+            sql = (
+                f"SELECT target_pk FROM {REJECTED} WHERE source_table = %s "
+                "AND resolved_at IS NULL AND target_pk = ANY(%s)"
+            )
+            params = [parent, values]
+        else:
+            sql = (
+                f"SELECT raw_row ->> %s FROM {REJECTED} WHERE source_table = %s "
+                "AND resolved_at IS NULL AND raw_row ->> %s = ANY(%s)"
+            )
+            source_col = parent_table.column(column).source_name
+            params = [source_col, parent, source_col, values]
+        return {r[0] for r in self.conn.execute(sql, params)}
+
+    def merge(self) -> tuple[int, int, int]:
+        """Make the target equal to the stage. Returns (inserted, updated, deleted)."""
+        target = q(self.table.name)
+        names = [q(c.name) for c in self.columns]
+        cols = ", ".join(names)
+        key = ", ".join(map(q, self.table.primary_key))
+        join = " AND ".join(f"s.{q(k)} = t.{q(k)}" for k in self.table.primary_key)
+        deleted = self.conn.execute(
+            f"DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM {self.stage} s WHERE {join})"
+        ).rowcount
+        updates = [n for n in names if n.strip('"') not in self.table.primary_key]
+        if updates:
+            assign = ", ".join(f"{n} = EXCLUDED.{n}" for n in updates)
+            changed = (
+                f"({', '.join(f't.{n}' for n in updates)}) IS DISTINCT FROM "
+                f"({', '.join(f'EXCLUDED.{n}' for n in updates)})"
+            )
+            conflict = f"DO UPDATE SET {assign} WHERE {changed}"
+        else:
+            conflict = "DO NOTHING"
+        inserted, updated = self.conn.execute(
+            f"""WITH up AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {self.stage}
+                            ON CONFLICT ({key}) {conflict} RETURNING (xmax = 0) AS fresh)
+                SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up"""
+        ).fetchone()
+        return inserted, updated, deleted
+
+    def record_quarantine(self, snapshot: Snapshot, run_id: str | None) -> None:
+        raw = snapshot.raw_rows(self.table, [r.rowid for r in self.rejects])
+        rows = [
+            (
+                self.table.name,
+                raw[r.rowid].source_pk,
+                r.target_pk,
+                r.column,
+                r.code,
+                r.reason,
+                Jsonb(raw[r.rowid].values),
+                run_id,
+            )
+            for r in self.rejects
+        ]
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                f"""INSERT INTO {REJECTED} AS r (source_table, source_pk, target_pk, column_name,
+                        reason_code, reason, raw_row, run_id)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                    ON CONFLICT (source_table, source_pk) DO UPDATE SET
+                        target_pk = EXCLUDED.target_pk, column_name = EXCLUDED.column_name,
+                        reason_code = EXCLUDED.reason_code, reason = EXCLUDED.reason,
+                        raw_row = EXCLUDED.raw_row, run_id = EXCLUDED.run_id,
+                        last_seen_at = now(), resolved_at = NULL,
+                        first_seen_at = CASE WHEN r.resolved_at IS NULL THEN r.first_seen_at
+                                             ELSE now() END""",
+                rows,
+            )
+        self.conn.execute(
+            f"""UPDATE {REJECTED} SET resolved_at = now() WHERE source_table = %s
+                AND resolved_at IS NULL AND NOT (source_pk = ANY(%s))""",
+            [self.table.name, [row[1] for row in rows]],
+        )
+
+    def record_id_map(self) -> int:
+        if not self.maps_ids:
+            return 0
+        pk = q(self.table.primary_key[0])
+        self.conn.execute(f"DELETE FROM {ID_MAP} WHERE source_table = %s", [self.table.name])
+        return self.conn.execute(
+            f"""INSERT INTO {ID_MAP} (source_table, source_id, target_id)
+                SELECT %s, {SOURCE_ID}, {pk} FROM {self.stage} WHERE {SOURCE_ID} IS NOT NULL""",
+            [self.table.name],
+        ).rowcount
+
+
+def migrate_table(
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    table: Table,
+    schema: Schema,
+    run_id: str | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> TableResult:
+    """Bring one target table in line with the source snapshot, atomically."""
+    started = time.perf_counter()
+    with conn.transaction():
+        load = TableLoad(conn, table, schema)
+        load.create_stage()
+        for batch in snapshot.batches(table, batch_rows):
+            converted = convert_batch(table, batch, schema)
+            load.rejects += converted.rejects
+            if converted.good.num_rows:
+                load.copy(converted.good)
+        conn.execute(f"ANALYZE {load.stage}")
+        load.reject_checks()
+        load.reject_duplicates()
+        load.reject_orphans()
+        inserted, updated, deleted = load.merge()
+        load.record_quarantine(snapshot, run_id)
+        remapped = load.record_id_map()
+        target_rows = conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
+    return TableResult(
+        table=table.name,
+        source_rows=snapshot.count(table),
+        target_rows=target_rows,
+        quarantined=len(load.rejects),
+        inserted=inserted,
+        updated=updated,
+        deleted=deleted,
+        remapped_ids=remapped,
+        seconds=round(time.perf_counter() - started, 3),
+        reasons=dict(Counter(r.code for r in load.rejects)),
+    )

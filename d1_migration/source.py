@@ -1,0 +1,211 @@
+"""Reading D1 (a SQLite file) into Arrow record batches.
+
+SQLite is dynamically typed: an INTEGER column can hold text, a TEXT column a blob. So for each
+target column the query selects a storage-class code plus a projection that is homogeneous for
+its kind (integers only, text only, ...), which Arrow can take without per-value inspection.
+Checks that need a JSON parser run here, in SQLite's JSON1, because Arrow has none.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import pyarrow as pa
+
+from d1_migration.ddl import q
+from d1_migration.spec import Column, Kind, Table
+
+ROWID = "_rowid"
+
+
+class StorageClass(IntEnum):
+    """SQLite's typeof(), as a small integer so a batch carries it cheaply."""
+
+    NULL = 0
+    INTEGER = 1
+    REAL = 2
+    TEXT = 3
+    BLOB = 4
+
+
+_CLASS_SQL = (
+    "CASE typeof({x}) WHEN 'null' THEN 0 WHEN 'integer' THEN 1 WHEN 'real' THEN 2 "
+    "WHEN 'text' THEN 3 ELSE 4 END"
+)
+_NUMERIC_KINDS = {Kind.INTEGER, Kind.BIGINT, Kind.BOOLEAN}
+_TEMPORAL_KINDS = {Kind.TIMESTAMPTZ, Kind.DATE}
+# A JSON array of strings (or nulls) rendered as a Postgres array literal, in element order.
+_ARRAY_OK_SQL = (
+    "CASE WHEN typeof({x}) != 'text' THEN NULL WHEN NOT json_valid({x}) THEN 0 "
+    "WHEN json_type({x}) != 'array' THEN 0 "
+    "ELSE NOT EXISTS (SELECT 1 FROM json_each({x}) WHERE type NOT IN ('text', 'null')) END"
+)
+_ARRAY_LITERAL_SQL = (
+    "CASE WHEN ({ok}) = 1 THEN '{{' || coalesce((SELECT group_concat(CASE WHEN type = 'null' "
+    "THEN 'NULL' ELSE '\"' || replace(replace(value, '\\', '\\\\'), '\"', '\\\"') || '\"' END, "
+    "',') FROM (SELECT type, value FROM json_each({x}) ORDER BY key)), '') || '}}' END"
+)
+
+
+def source_expr(table: Table, column: Column) -> str:
+    return column.source_sql or f"{q(table.name)}.{q(column.source_name or column.name)}"
+
+
+def column_projections(table: Table, column: Column) -> list[tuple[str, str]]:
+    """(alias, SQL) pairs a converter reads: ``<name>__class``, ``<name>__value``, extras."""
+    x = source_expr(table, column)
+    if column.kind in _NUMERIC_KINDS:
+        value = f"CASE WHEN typeof({x}) = 'integer' THEN {x} END"
+    elif column.kind is Kind.DOUBLE:
+        value = f"CASE WHEN typeof({x}) IN ('integer', 'real') THEN CAST({x} AS REAL) END"
+    elif column.kind in _TEMPORAL_KINDS:
+        value = f"CASE WHEN typeof({x}) IN ('integer', 'real', 'text') THEN CAST({x} AS TEXT) END"
+    else:
+        value = f"CASE WHEN typeof({x}) = 'text' THEN {x} END"
+    out = [(f"{column.name}__class", _CLASS_SQL.format(x=x)), (f"{column.name}__value", value)]
+    if column.kind is Kind.JSONB:
+        out.append(
+            (f"{column.name}__ok", f"CASE WHEN typeof({x}) = 'text' THEN json_valid({x}) END")
+        )
+    elif column.kind is Kind.TEXT_ARRAY:
+        ok = _ARRAY_OK_SQL.format(x=x)
+        out.append((f"{column.name}__ok", ok))
+        out.append((f"{column.name}__array", _ARRAY_LITERAL_SQL.format(ok=ok, x=x)))
+    return out
+
+
+def select_sql(table: Table) -> str:
+    projections = [(ROWID, f"{q(table.name)}.rowid")]
+    for column in table.source_columns:
+        projections += column_projections(table, column)
+    cols = ",\n  ".join(f"{sql} AS {q(alias)}" for alias, sql in projections)
+    return f"SELECT\n  {cols}\nFROM {q(table.name)}\nORDER BY {q(table.name)}.rowid"
+
+
+def _arrow_type(alias: str, column: Column) -> pa.DataType:
+    if alias.endswith(("__class", "__ok")):
+        return pa.int8()
+    if alias.endswith("__value") and column.kind in _NUMERIC_KINDS:
+        return pa.int64()
+    if alias.endswith("__value") and column.kind is Kind.DOUBLE:
+        return pa.float64()
+    return pa.binary()  # text arrives as bytes; transforms validate UTF-8 in bulk
+
+
+@dataclass(frozen=True)
+class RawRow:
+    source_pk: str
+    values: dict  # JSON-ready, every original value recoverable exactly
+
+
+def _json_value(value: object, storage: str, secret: bool) -> object:
+    """Encode a SQLite value for raw_row JSONB without losing or inventing anything."""
+    if value is None:
+        return None
+    if secret:
+        data = value if isinstance(value, bytes) else str(value).encode()
+        return {"$sha256": hashlib.sha256(data).hexdigest()}
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$real": repr(value)}
+    if storage == "blob":
+        return {"$blob_hex": value.hex()}
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"$text_base64": base64.b64encode(value).decode(), "$note": "not valid UTF-8"}
+    if "\x00" in text:
+        return {"$text_base64": base64.b64encode(value).decode(), "$note": "contains NUL"}
+    return text
+
+
+class Snapshot:
+    """One consistent read of the source: everything read through it sees the same state."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def table_names(self) -> list[str]:
+        rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return [r[0].decode() for r in rows]
+
+    def count(self, table: Table) -> int:
+        return self._conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
+
+    def batches(self, table: Table, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        aliases = [ROWID] + [
+            a for c in table.source_columns for a, _ in column_projections(table, c)
+        ]
+        owner = {a: c for c in table.source_columns for a, _ in column_projections(table, c)}
+        schema = pa.schema(
+            [pa.field(ROWID, pa.int64())]
+            + [pa.field(a, _arrow_type(a, owner[a])) for a in aliases[1:]]
+        )
+        cursor = self._conn.execute(select_sql(table))
+        while rows := cursor.fetchmany(batch_rows):
+            columns = list(zip(*rows, strict=True))
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)],
+                schema=schema,
+            )
+
+    def raw_rows(self, table: Table, rowids: Iterable[int]) -> dict[int, RawRow]:
+        """Original values of the given rows, for quarantine. Error path only."""
+        secret = {c.source_name for c in table.columns if c.secret}
+        pk = table.source_pk
+        out: dict[int, RawRow] = {}
+        names = [r[1].decode() for r in self._conn.execute(f"PRAGMA table_info({q(table.name)})")]
+        typed = ", ".join(f"typeof({q(n)}), {q(n)}" for n in names)
+        ids = sorted(set(rowids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            cursor = self._conn.execute(
+                f"SELECT rowid, {typed} FROM {q(table.name)} WHERE rowid IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for rowid, *pairs in cursor:
+                row = {
+                    n: _json_value(pairs[2 * i + 1], pairs[2 * i].decode(), n in secret)
+                    for i, n in enumerate(names)
+                }
+                keys = [row.get(k) for k in pk]
+                if len(pk) == 1:
+                    source_pk = keys[0] if isinstance(keys[0], str) else f"rowid:{rowid}"
+                else:
+                    source_pk = json.dumps(keys, ensure_ascii=False)
+                out[rowid] = RawRow(source_pk, row)
+        return out
+
+
+class SqliteSource:
+    """A D1 database as a SQLite file: a copy of production, or wrangler's local state."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        if not self.path.is_file():
+            raise FileNotFoundError(f"D1 source database not found: {self.path}")
+        conn = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+        )
+        conn.text_factory = bytes
+        try:
+            conn.execute("BEGIN")  # a read transaction: one snapshot, even in WAL mode
+            yield Snapshot(conn)
+        finally:
+            conn.close()

@@ -1,0 +1,228 @@
+"""The vocabulary of the table spec.
+
+Every other module reads tables through these types: the DDL, the source query, the Arrow
+transforms, the staging/merge SQL, the Dagster assets and the checks. A table or column is
+added in ``tables.py`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """How a source value becomes a target value. Each kind has one converter in transforms.py."""
+
+    ID = "uuid"  # UUID text normalised, any other text mapped to a deterministic UUIDv5
+    TEXT = "text"
+    INTEGER = "integer"
+    BIGINT = "bigint"
+    BOOLEAN = "boolean"  # exactly 0 or 1
+    DOUBLE = "double precision"
+    TIMESTAMPTZ = "timestamptz"
+    DATE = "date"
+    JSONB = "jsonb"
+    TEXT_ARRAY = "text[]"  # JSON array of strings
+    HEX_BYTEA = "bytea"  # hex text
+    TOKEN_HASH = "sha256"  # secret text stored only as its SHA-256 digest (BYTEA)
+    ENUM = "enum"
+    INET = "inet"  # only for columns the map adds; there is no source value
+
+
+PG_TYPES = {
+    Kind.ID: "UUID",
+    Kind.TEXT: "TEXT",
+    Kind.INTEGER: "INTEGER",
+    Kind.BIGINT: "BIGINT",
+    Kind.BOOLEAN: "BOOLEAN",
+    Kind.DOUBLE: "DOUBLE PRECISION",
+    Kind.TIMESTAMPTZ: "TIMESTAMPTZ",
+    Kind.DATE: "DATE",
+    Kind.JSONB: "JSONB",
+    Kind.TEXT_ARRAY: "TEXT[]",
+    Kind.HEX_BYTEA: "BYTEA",
+    Kind.TOKEN_HASH: "BYTEA",
+    Kind.INET: "INET",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One target column and where its value comes from.
+
+    ``source`` names the D1 column (defaults to ``name``); ``source_sql`` replaces it with a SQL
+    expression evaluated in the source database, for columns the map adds that are derived from
+    related rows. ``shift`` moves a converted timestamp, for columns derived from another time.
+    A column with neither ``source`` nor ``source_sql`` (``added=True``) is left NULL.
+    """
+
+    name: str
+    kind: Kind
+    source: str | None = None
+    source_sql: str | None = None
+    added: bool = False
+    nullable: bool = True
+    default: str | None = None
+    unique: bool = False
+    check: str | None = None
+    references: str | None = None  # "table.column"
+    on_delete: str | None = None
+    enum: str | None = None
+    shift: timedelta | None = None
+    secret: bool = False  # never written to Postgres, not even in quarantine
+
+    @property
+    def source_name(self) -> str | None:
+        if self.added or self.source_sql:
+            return None
+        return self.source or self.name
+
+    @property
+    def pg_type(self) -> str:
+        return self.enum if self.kind is Kind.ENUM else PG_TYPES[self.kind]
+
+    @property
+    def parent(self) -> tuple[str, str] | None:
+        if not self.references:
+            return None
+        table, column = self.references.split(".")
+        return table, column
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    expr: str  # the parenthesised part: "user_id, start_time" or "metadata"
+    where: str | None = None
+    using: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A D1 table and the Postgres table it becomes (same name in both)."""
+
+    name: str
+    section: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ("id",)
+    uniques: tuple[tuple[str, ...], ...] = ()
+    checks: tuple[tuple[str, str], ...] = ()  # (constraint name, expression)
+    indexes: tuple[Index, ...] = ()
+    notes: str = ""  # judgment calls, shown in the asset description
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    @property
+    def source_columns(self) -> tuple[Column, ...]:
+        """Columns read from D1 (including derived ones), in target order."""
+        return tuple(c for c in self.columns if not c.added)
+
+    @property
+    def foreign_keys(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.references)
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """Tables this one references, itself excluded, in declaration order."""
+        seen: dict[str, None] = {}
+        for c in self.foreign_keys:
+            if c.parent and c.parent[0] != self.name:
+                seen[c.parent[0]] = None
+        return tuple(seen)
+
+    @property
+    def source_pk(self) -> tuple[str, ...]:
+        return tuple(self.column(c).source_name or c for c in self.primary_key)
+
+
+@dataclass(frozen=True)
+class EnumType:
+    name: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Schema:
+    enums: tuple[EnumType, ...]
+    tables: tuple[Table, ...] = field(default=())
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
+
+    def enum(self, name: str) -> EnumType:
+        return next(e for e in self.enums if e.name == name)
+
+    def children(self, name: str) -> tuple[Table, ...]:
+        return tuple(t for t in self.tables if name in t.parents)
+
+
+# -- constructors used by tables.py; they keep 66 declarations readable -------------------
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def snake(name: str) -> str:
+    return _CAMEL.sub(r"_\1", name).lower()
+
+
+def _col(kind: Kind, name: str, null: bool = True, **kw) -> Column:
+    return Column(name=name, kind=kind, nullable=null, **kw)
+
+
+def uuid_pk() -> Column:
+    return Column("id", Kind.ID, nullable=False, default="gen_random_uuid()")
+
+
+def text(name: str, **kw) -> Column:
+    return _col(Kind.TEXT, name, **kw)
+
+
+def integer(name: str, **kw) -> Column:
+    return _col(Kind.INTEGER, name, **kw)
+
+
+def bigint(name: str, **kw) -> Column:
+    return _col(Kind.BIGINT, name, **kw)
+
+
+def boolean(name: str, **kw) -> Column:
+    return _col(Kind.BOOLEAN, name, **kw)
+
+
+def double(name: str, **kw) -> Column:
+    return _col(Kind.DOUBLE, name, **kw)
+
+
+def timestamptz(name: str, **kw) -> Column:
+    return _col(Kind.TIMESTAMPTZ, name, **kw)
+
+
+def date(name: str, **kw) -> Column:
+    return _col(Kind.DATE, name, **kw)
+
+
+def jsonb(name: str, **kw) -> Column:
+    return _col(Kind.JSONB, name, **kw)
+
+
+def text_array(name: str, **kw) -> Column:
+    return _col(Kind.TEXT_ARRAY, name, **kw)
+
+
+def uuid(name: str, **kw) -> Column:
+    """An id-typed reference without a declared FK (e.g. points_ledger.event_id)."""
+    return _col(Kind.ID, name, **kw)
+
+
+def enum(name: str, enum_type: str, **kw) -> Column:
+    return _col(Kind.ENUM, name, enum=enum_type, **kw)
+
+
+def ref(name: str, target: str, on_delete: str | None = None, **kw) -> Column:
+    """A declared FK. References to ``id`` are UUIDs; references to a ``key`` stay TEXT."""
+    kind = Kind.ID if target.endswith(".id") else Kind.TEXT
+    return _col(kind, name, references=target, on_delete=on_delete, **kw)
