@@ -1,0 +1,86 @@
+"""Dagster resources: where D1 is read from and where Postgres is written to.
+
+The target URL comes from ``D1_MIGRATION_TARGET_URL`` through ``EnvVar``, so Dagster never shows
+it; with no URL an embedded PostgreSQL (pgserver) is started in a project-local directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from dagster import ConfigurableResource
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import Field
+
+from d1_migration.source import Snapshot, SqliteSource
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKDIR = Path(".d1_migration")
+EMBEDDED_DATABASE = "d1_target"
+
+
+class D1Source(ConfigurableResource):
+    """The D1 database: a SQLite file (a copy of production, or wrangler's local state file)."""
+
+    path: str = Field(
+        default=str(DEFAULT_WORKDIR / "demo.sqlite"),
+        description="Path to the D1 SQLite file (env D1_MIGRATION_SOURCE).",
+    )
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(
+                f"No D1 database at {self.path}. Set D1_MIGRATION_SOURCE to your D1 SQLite file, "
+                "or run `d1-migration demo` to build a sample one."
+            )
+        with SqliteSource(self.path).snapshot() as snapshot:
+            yield snapshot
+
+
+def embedded_postgres_url(workdir: Path, database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or reuse) the embedded server under ``workdir`` and make sure ``database`` exists."""
+    import pgserver  # imported lazily: only machines without a configured target need it
+
+    data_dir = (workdir / "pgdata").resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode=None)  # keep running for later runs
+    admin_url = server.get_uri("postgres")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{database}"')
+    log.info("Using embedded PostgreSQL with data directory %s", data_dir)
+    return server.get_uri(database)
+
+
+def redacted(url: str) -> str:
+    """A URL fit for logs and metadata: host, port and database, never credentials."""
+    params = conninfo_to_dict(url)
+    return make_conninfo(**{k: v for k, v in params.items() if k in {"host", "port", "dbname"}})
+
+
+class PostgresTarget(ConfigurableResource):
+    """The target Postgres database (env D1_MIGRATION_TARGET_URL); embedded when unset."""
+
+    url: str | None = Field(default=None, description="libpq URL of the target database.")
+    workdir: str = Field(
+        default=str(DEFAULT_WORKDIR),
+        description="Where the embedded PostgreSQL keeps its data when no URL is given.",
+    )
+
+    def resolved_url(self) -> str:
+        return self.url or embedded_postgres_url(Path(self.workdir))
+
+    def describe(self) -> str:
+        return redacted(self.resolved_url())
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        with psycopg.connect(self.resolved_url(), autocommit=True) as conn:
+            yield conn

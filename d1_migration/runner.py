@@ -1,0 +1,66 @@
+"""Materialize every table and run every check in one process; used by the CLI and the tests."""
+
+from dataclasses import dataclass, field
+
+from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+
+from d1_migration.definitions import ASSET_CHECKS, ASSETS
+from d1_migration.resources import D1Source, PostgresTarget
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    asset: str
+    check: str
+    passed: bool
+    severity: str
+    metadata: dict = field(hash=False)
+
+
+@dataclass
+class RunSummary:
+    success: bool
+    tables: dict[str, dict]  # asset metadata per table
+    checks: list[CheckOutcome]
+
+    def check(self, table: str, name: str) -> CheckOutcome:
+        return next(c for c in self.checks if c.asset == f"pg/{table}" and c.check == name)
+
+    @property
+    def failed_checks(self) -> list[CheckOutcome]:
+        return [c for c in self.checks if not c.passed]
+
+
+def summarize(result: ExecuteInProcessResult) -> RunSummary:
+    tables = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        tables[mat.asset_key.path[-1]] = {k: v.value for k, v in mat.metadata.items()}
+    checks = []
+    for event in result.all_events:
+        if event.event_type_value != "ASSET_CHECK_EVALUATION":
+            continue
+        evaluation = event.event_specific_data
+        checks.append(
+            CheckOutcome(
+                asset=evaluation.asset_key.to_user_string(),
+                check=evaluation.check_name,
+                passed=evaluation.passed,
+                severity=evaluation.severity.value,
+                metadata={k: v.value for k, v in evaluation.metadata.items()},
+            )
+        )
+    return RunSummary(result.success, tables, checks)
+
+
+def materialize_all(
+    d1: D1Source, postgres: PostgresTarget, instance: DagsterInstance | None = None
+) -> RunSummary:
+    result = materialize(
+        [*ASSETS, *ASSET_CHECKS],
+        resources={"d1": d1, "postgres": postgres},
+        instance=instance or DagsterInstance.ephemeral(),
+        selection="key:pg/*",
+        raise_on_error=False,
+    )
+    return summarize(result)
