@@ -67,7 +67,7 @@ def table_asset(table: Table, schema: Schema) -> AssetsDefinition:
     ) -> MaterializeResult:
         with postgres.connect() as conn, d1.snapshot() as snapshot:
             ensure_schema(conn, schema)
-            result = migrate_table(conn, snapshot, table, schema, run_id=context.run_id)
+            result = migrate_table(conn, snapshot, table, schema, run_id=context.run.run_id)
         if result.quarantined:
             context.log.warning(
                 f"{table.name}: {result.quarantined} row(s) quarantined in "

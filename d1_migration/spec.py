@@ -48,6 +48,13 @@ PG_TYPES = {
     Kind.INET: "INET",
 }
 
+D1_TYPES = {
+    Kind.INTEGER: "INTEGER",
+    Kind.BIGINT: "INTEGER",
+    Kind.BOOLEAN: "INTEGER",
+    Kind.DOUBLE: "REAL",
+}
+
 
 @dataclass(frozen=True)
 class Column:
@@ -73,12 +80,18 @@ class Column:
     enum: str | None = None
     shift: timedelta | None = None
     secret: bool = False  # never written to Postgres, not even in quarantine
+    d1_type: str | None = None  # D1's declared type, where the kind's usual one is not it
 
     @property
     def source_name(self) -> str | None:
         if self.added or self.source_sql:
             return None
         return self.source or self.name
+
+    @property
+    def source_type(self) -> str:
+        """The column's declared type in D1 (its SQLite affinity)."""
+        return self.d1_type or D1_TYPES.get(self.kind, "TEXT")
 
     @property
     def pg_type(self) -> str:

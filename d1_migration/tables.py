@@ -78,7 +78,7 @@ TABLES = (
             uuid_pk(),
             text("name", null=False, default="'User'"),
             text("email", null=False, unique=True),
-            timestamptz("email_verified", source="emailVerified"),
+            timestamptz("email_verified", source="emailVerified", d1_type="INTEGER"),
             text("image"),
             text("role", null=False, default="'user'"),
             boolean("approved", null=False, default="true"),

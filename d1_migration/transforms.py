@@ -90,10 +90,8 @@ class _Failures:
         first = pc.and_(mask, pc.is_null(self.code))
         self.column = pc.if_else(first, column, self.column)
         self.code = pc.if_else(first, code, self.code)
-        self.reason = pc.binary_join_element_wise(
-            self.reason, reason_arr, "; ", null_handling="skip"
-        )
-        self.reason = pc.if_else(pc.equal(self.reason, ""), None, self.reason)
+        both = pc.binary_join_element_wise(self.reason, reason_arr, "; ")
+        self.reason = pc.coalesce(both, self.reason, reason_arr)
 
     @property
     def failed(self) -> pa.Array:
@@ -287,7 +285,7 @@ def _convert_column(
         is_bit = pc.is_in(raw, pa.array([0, 1], pa.int64()))
         fail.add(
             name,
-            pc.invert(is_bit),
+            pc.and_(pc.is_valid(raw), pc.invert(is_bit)),
             "bad_boolean",
             _sentence(
                 f"{label} = ", pc.cast(raw, pa.string()), " but a boolean flag must be 0 or 1"

@@ -23,7 +23,9 @@ MIGRATION_MAP = SHARED / "docs" / "schema_migration_map.md"
 
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = os.environ.get("D1_MIGRATION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    url = os.environ.get(
+        "D1_MIGRATION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
     try:
         psycopg.connect(url, connect_timeout=3).close()
     except psycopg.OperationalError:

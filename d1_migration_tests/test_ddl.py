@@ -57,7 +57,11 @@ def test_map_tables_match_the_map_exactly(new_database, migration_map):
 def test_ensure_schema_is_idempotent_and_creates_all_tables(pg):
     ensure_schema(pg, SCHEMA)
     ensure_schema(pg, SCHEMA)
-    names = {r[0] for r in pg.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+    names = {
+        r[0]
+        for r in pg.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+    }
     assert names == {t.name for t in SCHEMA.tables}
     assert pg.execute("SELECT to_regclass('d1_migration.rejected_rows') IS NOT NULL").fetchone()[0]

@@ -1,0 +1,100 @@
+"""`d1-migration demo`: build a sample D1 database and migrate it, printing what happened."""
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+
+from dagster import DagsterInstance
+
+from d1_migration.definitions import TARGET_ENV
+from d1_migration.resources import (
+    D1Source,
+    PostgresTarget,
+    embedded_postgres_url,
+    redacted,
+)
+from d1_migration.runner import RunSummary, materialize_all
+from d1_migration.sample_data import build_sample_db
+
+DAGSTER_STORAGE_DB = "dagster"
+
+
+def demo_instance(workdir: Path) -> DagsterInstance:
+    """Dagster's run storage in the embedded server (a database apart from the target).
+
+    An instance from DAGSTER_HOME (the project's dagster.yaml) is used when one is set.
+    """
+    if os.environ.get("DAGSTER_HOME"):
+        return DagsterInstance.get()
+    home = (workdir / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    storage_url = embedded_postgres_url(workdir, DAGSTER_STORAGE_DB)
+    (home / "dagster.yaml").write_text(
+        f"storage:\n  postgres:\n    postgres_url: '{storage_url}'\n"
+    )
+    return DagsterInstance.from_config(str(home))
+
+
+def print_summary(summary: RunSummary, quarantine: list[tuple[str, str, int]]) -> None:
+    print(f"\n{'table':28} {'source':>9} {'target':>9} {'quarantined':>11}")
+    for name, meta in sorted(summary.tables.items()):
+        quarantined = meta["source_rows"] - meta["target_rows"]
+        print(f"{name:28} {meta['source_rows']:>9} {meta['target_rows']:>9} {quarantined:>11}")
+    print("\nQuarantined rows by reason (d1_migration.rejected_rows):")
+    for table, code, count in quarantine:
+        print(f"  {table:28} {code:22} {count}")
+    failed = summary.failed_checks
+    print(f"\nChecks: {len(summary.checks) - len(failed)} passed, {len(failed)} not passed")
+    for check in failed:
+        detail = {k: v for k, v in check.metadata.items() if k != "details"}
+        print(f"  [{check.severity}] {check.asset} {check.check}: {detail}")
+
+
+def demo(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    source_path = workdir / "demo.sqlite"
+    started = time.perf_counter()
+    sample = build_sample_db(source_path, users=args.users, seed=args.seed)
+    print(
+        f"Sample D1 database: {source_path} ({sum(sample.row_counts.values())} rows, "
+        f"{len(sample.rejects)} deliberately bad)"
+    )
+    target = PostgresTarget(url=os.environ.get(TARGET_ENV), workdir=str(workdir))
+    print(f"Target: {redacted(target.resolved_url())}")
+
+    migrate_started = time.perf_counter()
+    summary = materialize_all(D1Source(path=str(source_path)), target, demo_instance(workdir))
+    migrate_seconds = time.perf_counter() - migrate_started
+    with target.connect() as conn:
+        quarantine = conn.execute(
+            "SELECT source_table, reason_code, count(*) FROM d1_migration.rejected_rows "
+            "WHERE resolved_at IS NULL GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+    print_summary(summary, quarantine)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"\nMigration {migrate_seconds:.1f} s, total {time.perf_counter() - started:.1f} s, "
+        f"peak memory {peak_mib:.0f} MiB; run {'succeeded' if summary.success else 'FAILED'}"
+    )
+    return 0 if summary.success else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="d1-migration")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser(
+        "demo", help="build a sample D1 database and migrate it (embedded Postgres by default)"
+    )
+    demo_parser.add_argument("--users", type=int, default=200, help="sample size (default 200)")
+    demo_parser.add_argument("--seed", type=int, default=0)
+    demo_parser.add_argument("--workdir", default=".d1_migration", help="where files are kept")
+    demo_parser.set_defaults(run=demo)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

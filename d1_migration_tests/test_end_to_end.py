@@ -1,0 +1,159 @@
+"""Materialize all assets and checks through Dagster, on real SQLite and real Postgres."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from d1_migration.checks import ORPHANED_FKS, QUARANTINE, ROW_PARITY
+from d1_migration.resources import D1Source, PostgresTarget
+from d1_migration.runner import materialize_all
+from d1_migration.sample_data import build_sample_db
+from d1_migration.tables import SCHEMA
+from d1_migration.transforms import uuid_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def open_rejects(conn: psycopg.Connection) -> set[tuple[str, str, str]]:
+    return set(
+        conn.execute(
+            "SELECT source_table, source_pk, reason_code FROM d1_migration.rejected_rows "
+            "WHERE resolved_at IS NULL"
+        ).fetchall()
+    )
+
+
+def test_sample_database_migrates_with_every_row_accounted_for(tmp_path, pg_url):
+    sample = build_sample_db(tmp_path / "d1.sqlite", users=60, seed=1)
+    d1, target = D1Source(path=str(tmp_path / "d1.sqlite")), PostgresTarget(url=pg_url)
+
+    summary = materialize_all(d1, target)
+
+    assert summary.success
+    assert set(summary.tables) == {t.name for t in SCHEMA.tables}
+    for table in SCHEMA.tables:
+        parity = summary.check(table.name, ROW_PARITY)
+        assert parity.passed, parity.metadata
+        assert parity.metadata["source_rows"] == sample.row_counts[table.name]
+        if table.foreign_keys:
+            assert summary.check(table.name, ORPHANED_FKS).passed
+    with psycopg.connect(pg_url) as conn:
+        expected = {(r.table, r.source_pk, r.reason_code) for r in sample.rejects}
+        assert open_rejects(conn) == expected
+        quarantined_tables = {r.table for r in sample.rejects}
+        for table in SCHEMA.tables:
+            outcome = summary.check(table.name, QUARANTINE)
+            assert outcome.passed == (table.name not in quarantined_tables), table.name
+            assert outcome.severity == "WARN"
+        seeds = dict(
+            conn.execute(
+                "SELECT source_id, target_id::text FROM d1_migration.id_map "
+                "WHERE source_table = 'skill_definitions'"
+            ).fetchall()
+        )
+        assert seeds and all(uuid_for(k) == v for k, v in seeds.items())
+
+    wallet = summary.check("user_wallet", "wallet_matches_ledger")
+    assert not wallet.passed
+    assert set(wallet.metadata["mismatching_user_ids"]) == {
+        uuid_for(u) for u in sample.drifted_wallet_users
+    }
+
+    again = materialize_all(d1, target)
+    assert again.success
+    for name, meta in again.tables.items():
+        assert (meta["inserted"], meta["updated"], meta["deleted"]) == (0, 0, 0), name
+    with psycopg.connect(pg_url) as conn:
+        assert open_rejects(conn) == expected
+        assert conn.execute("SELECT count(*) FROM d1_migration.rejected_rows").fetchone()[0] == len(
+            expected
+        )
+
+
+def test_real_schema_with_seed_rows(real_d1, pg_url):
+    summary = materialize_all(D1Source(path=str(real_d1)), PostgresTarget(url=pg_url))
+
+    assert summary.success
+    assert not summary.failed_checks, summary.failed_checks
+    with psycopg.connect(pg_url) as conn:
+        flow = uuid_for("flow_main_v1")
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM onboarding_steps WHERE flow_id = %s", [flow]
+            ).fetchone()[0]
+            == 10
+        )
+        assert conn.execute(
+            "SELECT target_id::text FROM d1_migration.id_map WHERE source_table "
+            "= 'market_items' AND source_id = 'item_theme_dark'"
+        ).fetchone()[0] == (uuid_for("item_theme_dark"))
+        options = conn.execute(
+            "SELECT options FROM onboarding_steps WHERE id = %s", [uuid_for("step_2_interests")]
+        ).fetchone()[0]
+        assert options == ["focus", "fitness", "learning", "music", "habits", "creativity"]
+        items = conn.execute("SELECT items FROM ignition_packs WHERE key = 'focus_prep'").fetchone()
+        assert items[0][0] == "Close unnecessary tabs"
+
+
+def test_dagster_cli_materializes_everything_with_postgres_run_storage(
+    tmp_path, new_database, real_d1
+):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home)
+    storage_url, target_url = new_database(), new_database()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": psycopg.conninfo.conninfo_to_dict(storage_url) and _as_url(storage_url),
+        "D1_MIGRATION_SOURCE": str(real_d1),
+        "D1_MIGRATION_TARGET_URL": _as_url(target_url),
+    }
+    done = subprocess.run(
+        [
+            Path(sys.executable).with_name("dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "d1_migration.definitions",
+            "--select",
+            "*",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with psycopg.connect(target_url) as conn:
+        assert conn.execute("SELECT count(*) FROM skill_definitions").fetchone()[0] == 6
+    with psycopg.connect(storage_url) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    assert target_url not in done.stdout + done.stderr
+
+
+def _as_url(conninfo: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = params.get("user", "postgres")
+    return f"postgresql://{user}@{params['host']}:{params.get('port', 5432)}/{params['dbname']}"
+
+
+def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
+    pgserver = pytest.importorskip("pgserver")
+    from d1_migration.cli import main
+
+    monkeypatch.setenv("D1_MIGRATION_TARGET_URL", pg_url)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    try:
+        assert main(["demo", "--users", "30", "--workdir", str(tmp_path)]) == 0
+    finally:
+        pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop").cleanup()
+    out = capsys.readouterr().out
+    assert "wallet_matches_ledger" in out and "Quarantined rows by reason" in out
+    assert "peak memory" in out

@@ -1,0 +1,281 @@
+"""Each conversion and each bad-input case, through real SQLite and real Postgres.
+
+One crafted D1 database holds a good and a bad row for every case; it is migrated table by
+table (parents first) and the tests assert on what Postgres holds afterwards.
+"""
+
+import hashlib
+import sqlite3
+import uuid
+from datetime import UTC, date, datetime
+
+import psycopg
+import pytest
+
+from d1_migration.ddl import ensure_schema, load_order
+from d1_migration.load import migrate_table
+from d1_migration.sample_data import sqlite_ddl
+from d1_migration.source import SqliteSource
+from d1_migration.tables import SCHEMA
+from d1_migration.transforms import ID_NAMESPACE
+
+U1 = "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE"  # upper case: normalised to lower case
+U2 = "user_seed"  # not a UUID: becomes a UUIDv5
+NOW = "'2026-01-06 10:11:12'"
+USER_COLS = "id, name, email, emailVerified, approved, created_at, updated_at"
+
+ROWS = [
+    # users
+    f"INSERT INTO users ({USER_COLS}, last_activity_at, tos_accepted_at) VALUES ('{U1}', 'One', "
+    f"'one@x', 1767694272345, 1, {NOW}, '2026-01-06T12:11:12+02:00', '', '1767694272')",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('{U2}', 'Two', 'two@x', NULL, 0, "
+    "'2026-01-06T10:11:12.345Z', 1767694272)",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('u3', 'T', 't@x', NULL, 1, '2026-02-30 00:00:00', "
+    f"{NOW})",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('u4', 'F', 'f@x', NULL, 2, {NOW}, {NOW})",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('u5', 'a' || char(0) || 'b', 'n@x', NULL, 1, "
+    f"{NOW}, {NOW})",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('u6', CAST(X'66ff6f' AS TEXT), 'u@x', NULL, 1, "
+    f"{NOW}, {NOW})",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('u7', 'Y', 'y@x', NULL, 1, {NOW}, 'yesterday')",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('{U1.lower()}', 'Dup', 'dup@x', NULL, 1, {NOW}, "
+    f"{NOW})",
+    # sessions: token hashed; a child of a quarantined user
+    f"INSERT INTO sessions VALUES ('s1', 'tok-123', '{U1}', '2026-02-05T10:00:00.000Z')",
+    "INSERT INTO sessions VALUES ('s2', 'secret-tok', 'u3', '2026-02-05T10:00:00.000Z')",
+    # points_ledger: id-typed reference without FK, wrong type, out of range, missing parent
+    f"INSERT INTO points_ledger (id, user_id, event_type, event_id, coins, xp, created_at) VALUES "
+    f"('l1', '{U2}', 'focus', 'focus_1', 10, 5, {NOW})",
+    f"INSERT INTO points_ledger (id, user_id, event_type, coins, xp, created_at) VALUES "
+    f"('l2', '{U2}', 'focus', 'ten', 1, {NOW})",
+    f"INSERT INTO points_ledger (id, user_id, event_type, coins, xp, created_at) VALUES "
+    f"('l3', '{U2}', 'focus', 1, 3000000000, {NOW})",
+    f"INSERT INTO points_ledger (id, user_id, event_type, coins, xp, created_at) VALUES "
+    f"('l4', 'nobody', 'focus', 1, 1, {NOW})",
+    # user_wallet: matching, drifted, CHECK violation
+    f"INSERT INTO user_wallet (id, user_id, coins, xp, updated_at) VALUES ('w1', '{U2}', 10, 5, "
+    f"{NOW})",
+    f"INSERT INTO user_wallet (id, user_id, coins, xp, updated_at) VALUES ('w2', '{U1}', 99, 0, "
+    f"{NOW})",
+    f"INSERT INTO user_wallet (id, user_id, coins, xp, updated_at) VALUES ('w3', 'u4', -5, 0, "
+    f"{NOW})",
+    # JSON
+    f"INSERT INTO activity_events VALUES ('a1', '{U1}', 'x', "
+    f'\'{{"a":[1,2.5,{{"b":"é"}}]}}\', {NOW})',
+    f"INSERT INTO activity_events VALUES ('a2', '{U1}', 'x', '{{\"a\":1', {NOW})",
+    # exercises: TEXT[] with awkward strings, bad array, bad enum, ownership CHECK
+    "INSERT INTO exercises (id, name, category, muscle_groups, equipment, created_at) VALUES "
+    """('e1', 'Row', 'strength', '["chest","a,b","q\\"uote","back\\\\slash","ü"]', '[]', """
+    f"{NOW})",
+    "INSERT INTO exercises (id, name, category, muscle_groups, created_at) VALUES "
+    f"""('e2', 'Bad', 'strength', '["x", 3]', {NOW})""",
+    f"INSERT INTO exercises (id, name, category, created_at) VALUES ('e3', 'Yoga', 'yoga', {NOW})",
+    "INSERT INTO exercises (id, name, category, is_builtin, user_id, created_at) VALUES "
+    f"('e4', 'Mine', 'cardio', 1, '{U1}', {NOW})",
+    # hex -> BYTEA
+    "INSERT INTO reference_tracks (id, user_id, title, r2_key, mime_type, bytes, sha256, "
+    f"created_at, updated_at) VALUES ('t1', '{U1}', 'T', 'k', 'a', 5, 'abcd', {NOW}, {NOW})",
+    "INSERT INTO reference_tracks (id, user_id, title, r2_key, mime_type, bytes, sha256, "
+    f"created_at, updated_at) VALUES ('t2', '{U1}', 'T', 'k', 'a', 5, 'not-hex', {NOW}, {NOW})",
+    # DATE
+    "INSERT INTO quests (id, title, category, last_completed_date, created_at) VALUES "
+    f"('q1', 'Q', 'c', '2026-01-05', {NOW})",
+    "INSERT INTO quests (id, title, category, last_completed_date, created_at) VALUES "
+    f"('q2', 'Q', 'c', '2026-01-05T10:00:00Z', {NOW})",
+    # self-reference: a chain whose head is missing
+    f"INSERT INTO calendar_events (id, user_id, title, start_time, created_at, updated_at) "
+    f"VALUES ('c1', '{U1}', 'E', {NOW}, {NOW}, {NOW})",
+    f"INSERT INTO calendar_events (id, user_id, title, start_time, parent_event_id, created_at, "
+    f"updated_at) VALUES ('c2', '{U1}', 'E', {NOW}, 'c1', {NOW}, {NOW})",
+    f"INSERT INTO calendar_events (id, user_id, title, start_time, parent_event_id, created_at, "
+    f"updated_at) VALUES ('c3', '{U1}', 'E', {NOW}, 'gone', {NOW}, {NOW})",
+    f"INSERT INTO calendar_events (id, user_id, title, start_time, parent_event_id, created_at, "
+    f"updated_at) VALUES ('c4', '{U1}', 'E', {NOW}, 'c3', {NOW}, {NOW})",
+    # FK to a key column
+    "INSERT INTO skill_definitions (id, key, name, category, created_at) VALUES "
+    f"('skill_focus', 'focus', 'Focus', 'p', {NOW})",
+    f"INSERT INTO user_skills (id, user_id, skill_key, updated_at) VALUES ('k1', '{U1}', "
+    f"'focus', {NOW})",
+    f"INSERT INTO user_skills (id, user_id, skill_key, updated_at) VALUES ('k2', '{U1}', "
+    f"'nope', {NOW})",
+    # REAL in an INTEGER column; '' in a NOT NULL datetime
+    f"INSERT INTO books (id, user_id, title, rating, created_at, updated_at) VALUES "
+    f"('b1', '{U1}', 'B', 2.5, {NOW}, {NOW})",
+    f"INSERT INTO habits (id, user_id, name, created_at, updated_at) VALUES ('h1', '{U1}', 'H', "
+    f"'', {NOW})",
+]
+
+EXPECTED_REJECTS = {
+    ("users", "u3", "impossible_datetime"),
+    ("users", "u4", "bad_boolean"),
+    ("users", "u5", "nul_character"),
+    ("users", "u6", "invalid_utf8"),
+    ("users", "u7", "bad_datetime"),
+    ("users", U1.lower(), "duplicate_key"),
+    ("sessions", "s2", "parent_quarantined"),
+    ("points_ledger", "l2", "wrong_type"),
+    ("points_ledger", "l3", "out_of_range"),
+    ("points_ledger", "l4", "missing_parent"),
+    ("user_wallet", "w3", "check_violation"),  # also has a quarantined parent: CHECK is first
+    ("activity_events", "a2", "bad_json"),
+    ("exercises", "e2", "bad_text_array"),
+    ("exercises", "e3", "bad_enum"),
+    ("exercises", "e4", "check_violation"),
+    ("reference_tracks", "t2", "bad_hex"),
+    ("quests", "q2", "date_has_time"),
+    ("calendar_events", "c3", "missing_parent"),
+    ("calendar_events", "c4", "parent_quarantined"),
+    ("user_skills", "k2", "missing_parent"),
+    ("books", "b1", "wrong_type"),
+    ("habits", "h1", "not_null"),
+}
+
+
+def v5(text: str) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, text))
+
+
+def migrate_all(conn: psycopg.Connection, source: SqliteSource) -> dict:
+    ensure_schema(conn, SCHEMA)
+    with source.snapshot() as snapshot:
+        return {
+            t.name: migrate_table(conn, snapshot, t, SCHEMA, run_id="test")
+            for t in load_order(SCHEMA)
+        }
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory, pg_admin_url):
+    path = tmp_path_factory.mktemp("d1") / "cases.sqlite"
+    with sqlite3.connect(path) as d1:
+        d1.executescript(sqlite_ddl(SCHEMA))
+        for statement in ROWS:
+            d1.execute(statement)
+    name = f"d1mt_cases_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(pg_admin_url, dbname=name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        first = migrate_all(conn, SqliteSource(path))
+        yield conn, SqliteSource(path), first
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def one(conn, sql, *params):
+    return conn.execute(sql, params).fetchone()
+
+
+def test_every_bad_row_is_quarantined_with_its_reason(migrated):
+    conn, _, _ = migrated
+    rows = conn.execute(
+        "SELECT source_table, source_pk, reason_code, reason FROM d1_migration.rejected_rows "
+        "WHERE resolved_at IS NULL"
+    ).fetchall()
+    assert {r[:3] for r in rows} == EXPECTED_REJECTS
+    assert all(len(r[3]) > 30 for r in rows)  # a sentence, not a code
+
+
+def test_invariant_source_equals_target_plus_quarantine(migrated):
+    conn, _, results = migrated
+    for name, result in results.items():
+        quarantined = one(
+            conn,
+            "SELECT count(*) FROM d1_migration.rejected_rows WHERE "
+            "source_table = %s AND resolved_at IS NULL",
+            name,
+        )[0]
+        assert result.source_rows == result.target_rows + quarantined, name
+
+
+def test_ids_are_normalised_or_mapped_and_recorded(migrated):
+    conn, _, _ = migrated
+    assert one(conn, "SELECT name FROM users WHERE id = %s", U1.lower())[0] == "One"
+    assert one(conn, "SELECT name FROM users WHERE id = %s", v5(U2))[0] == "Two"
+    assert one(conn, "SELECT user_id, event_id FROM points_ledger WHERE id = %s", v5("l1")) == (
+        uuid.UUID(v5(U2)),
+        uuid.UUID(v5("focus_1")),
+    )
+    id_map = dict(
+        conn.execute(
+            "SELECT source_id, "
+            "target_id::text FROM d1_migration.id_map WHERE source_table = 'users'"
+        )
+    )
+    assert id_map == {U1: U1.lower(), U2: v5(U2)}
+    assert one(conn, "SELECT count(*) FROM user_skills WHERE skill_key = 'focus'")[0] == 1
+
+
+def test_datetimes_in_every_form(migrated):
+    conn, _, _ = migrated
+    expected = datetime(2026, 1, 6, 10, 11, 12, tzinfo=UTC)
+    row = one(
+        conn,
+        "SELECT email_verified, created_at, updated_at, last_activity_at, "
+        "tos_accepted_at, approved, tos_accepted FROM users WHERE id = %s",
+        U1.lower(),
+    )
+    assert row == (
+        expected.replace(microsecond=345000),
+        expected,
+        expected,
+        None,
+        expected,
+        True,
+        False,
+    )
+    row = one(conn, "SELECT created_at, updated_at, approved FROM users WHERE id = %s", v5(U2))
+    assert row == (expected.replace(microsecond=345000), expected, False)
+    assert one(conn, "SELECT last_completed_date FROM quests WHERE id = %s", v5("q1"))[0] == date(
+        2026, 1, 5
+    )
+
+
+def test_json_arrays_and_bytes(migrated):
+    conn, _, _ = migrated
+    assert one(conn, "SELECT metadata FROM activity_events WHERE id = %s", v5("a1"))[0] == {
+        "a": [1, 2.5, {"b": "é"}]
+    }
+    assert one(conn, "SELECT muscle_groups, equipment FROM exercises WHERE id = %s", v5("e1")) == (
+        ["chest", "a,b", 'q"uote', "back\\slash", "ü"],
+        [],
+    )
+    assert (
+        one(conn, "SELECT sha256 FROM reference_tracks WHERE id = %s", v5("t1"))[0] == b"\xab\xcd"
+    )
+
+
+def test_session_token_is_hashed_and_never_stored(migrated):
+    conn, _, _ = migrated
+    token_hash, created, active = one(
+        conn, "SELECT token_hash, created_at, last_active_at FROM sessions WHERE id = %s", v5("s1")
+    )
+    assert bytes(token_hash) == hashlib.sha256(b"tok-123").digest()
+    assert created == active == datetime(2026, 1, 6, 10, 0, tzinfo=UTC)
+    dump = conn.execute("SELECT raw_row::text FROM d1_migration.rejected_rows").fetchall()
+    assert "secret-tok" not in str(dump) and "tok-123" not in str(dump)
+    raw = one(conn, "SELECT raw_row FROM d1_migration.rejected_rows WHERE source_pk = 's2'")[0]
+    assert raw["sessionToken"] == {"$sha256": hashlib.sha256(b"secret-tok").hexdigest()}
+
+
+def test_raw_row_keeps_every_original_value(migrated):
+    conn, _, _ = migrated
+    raw = one(conn, "SELECT raw_row FROM d1_migration.rejected_rows WHERE source_pk = 'u6'")[0]
+    assert raw["name"] == {"$text_base64": "Zv9v", "$note": "not valid UTF-8"}
+    raw = one(conn, "SELECT raw_row FROM d1_migration.rejected_rows WHERE source_pk = 'l2'")[0]
+    assert raw["coins"] == "ten" and raw["xp"] == 1 and raw["user_id"] == U2
+    raw = one(conn, "SELECT raw_row FROM d1_migration.rejected_rows WHERE source_pk = 'b1'")[0]
+    assert raw["rating"] == 2.5
+
+
+def test_rerun_changes_nothing_and_duplicates_nothing(migrated):
+    conn, source, _ = migrated
+    before = conn.execute(
+        "SELECT source_table, source_pk, reason FROM d1_migration.rejected_rows ORDER BY 1, 2"
+    ).fetchall()
+    results = migrate_all(conn, source)
+    assert all(r.inserted == r.updated == r.deleted == 0 for r in results.values())
+    after = conn.execute(
+        "SELECT source_table, source_pk, reason FROM d1_migration.rejected_rows ORDER BY 1, 2"
+    ).fetchall()
+    assert after == before
