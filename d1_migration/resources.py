@@ -62,7 +62,7 @@ def embedded_postgres_url(workdir: Path, database: str = EMBEDDED_DATABASE) -> s
 def redacted(url: str) -> str:
     """A URL fit for logs and metadata: host, port and database, never credentials."""
     params = conninfo_to_dict(url)
-    return make_conninfo(**{k: v for k, v in params.items() if k in {"host", "port", "dbname"}})
+    return make_conninfo(**{k: params[k] for k in ("host", "port", "dbname") if k in params})
 
 
 class PostgresTarget(ConfigurableResource):

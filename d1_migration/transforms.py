@@ -25,6 +25,7 @@ SOURCE_ID = "_source_id"
 ID_NAMESPACE = uuid.UUID("6f1b1c1e-8d3a-5b7e-9c2d-d1d1d1d1d1d1")
 
 UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+UNESCAPED_NUL_RE = r"(^|[^\\])(\\\\)*\\u0000"  # \u0000 not preceded by an escaping backslash
 NUMBER_RE = r"^-?[0-9]{1,16}(\.[0-9]+)?$"
 ISO_RE = (
     r"^(?P<y>[0-9]{4})-(?P<mo>[0-9]{2})-(?P<d>[0-9]{2})"
@@ -353,20 +354,23 @@ def _convert_text(
             ),
         )
         return text
+    if kind in (Kind.JSONB, Kind.TEXT_ARRAY):
+        # Postgres refuses U+0000 in text and JSONB, and SQLite's string functions would cut
+        # the value at it while building an array literal; so catch the escape in the JSON.
+        fail.add(
+            name,
+            pc.match_substring_regex(text, UNESCAPED_NUL_RE),
+            "nul_character",
+            f"{label} contains the JSON escape \\u0000, which Postgres cannot store; "
+            "remove it in D1",
+        )
     if kind is Kind.JSONB:
         ok = pc.equal(batch[f"{name}__ok"], 1)
-        null_escape = pc.match_substring(text, "\\u0000")
         fail.add(
             name,
             pc.invert(ok),
             "bad_json",
             _sentence(f"{label} is not valid JSON: ", _quoted(text), "; fix or NULL it in D1"),
-        )
-        fail.add(
-            name,
-            null_escape,
-            "bad_json",
-            f"{label} contains \\u0000, which JSONB cannot store; remove it in D1",
         )
         return text
     if kind is Kind.TEXT_ARRAY:

@@ -17,7 +17,7 @@ from d1_migration.load import migrate_table
 from d1_migration.sample_data import sqlite_ddl
 from d1_migration.source import SqliteSource
 from d1_migration.tables import SCHEMA
-from d1_migration.transforms import ID_NAMESPACE
+from d1_migration.transforms import ID_NAMESPACE, convert_batch
 
 U1 = "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE"  # upper case: normalised to lower case
 U2 = "user_seed"  # not a UUID: becomes a UUIDv5
@@ -63,6 +63,11 @@ ROWS = [
     f"INSERT INTO activity_events VALUES ('a1', '{U1}', 'x', "
     f'\'{{"a":[1,2.5,{{"b":"é"}}]}}\', {NOW})',
     f"INSERT INTO activity_events VALUES ('a2', '{U1}', 'x', '{{\"a\":1', {NOW})",
+    # valid JSON for SQLite, refused by Postgres (a lone surrogate): the per-row COPY fallback
+    f"INSERT INTO activity_events VALUES ('a3', '{U1}', 'x', '{{\"s\":\"\\ud800\"}}', {NOW})",
+    f"INSERT INTO activity_events VALUES ('a4', '{U1}', 'x', '{{\"s\":\"a\\u0000\"}}', {NOW})",
+    # an escaped backslash before u0000 is plain text, not NUL
+    f"INSERT INTO activity_events VALUES ('a5', '{U1}', 'x', '[\"\\\\u0000\"]', {NOW})",
     # exercises: TEXT[] with awkward strings, bad array, bad enum, ownership CHECK
     "INSERT INTO exercises (id, name, category, muscle_groups, equipment, created_at) VALUES "
     """('e1', 'Row', 'strength', '["chest","a,b","q\\"uote","back\\\\slash","ü"]', '[]', """
@@ -72,6 +77,8 @@ ROWS = [
     f"INSERT INTO exercises (id, name, category, created_at) VALUES ('e3', 'Yoga', 'yoga', {NOW})",
     "INSERT INTO exercises (id, name, category, is_builtin, user_id, created_at) VALUES "
     f"('e4', 'Mine', 'cardio', 1, '{U1}', {NOW})",
+    "INSERT INTO exercises (id, name, category, equipment, created_at) VALUES "
+    f"""('e5', 'Nul', 'other', '["a\\u0000b"]', {NOW})""",
     # hex -> BYTEA
     "INSERT INTO reference_tracks (id, user_id, title, r2_key, mime_type, bytes, sha256, "
     f"created_at, updated_at) VALUES ('t1', '{U1}', 'T', 'k', 'a', 5, 'abcd', {NOW}, {NOW})",
@@ -118,6 +125,9 @@ EXPECTED_REJECTS = {
     ("points_ledger", "l4", "missing_parent"),
     ("user_wallet", "w3", "check_violation"),  # also has a quarantined parent: CHECK is first
     ("activity_events", "a2", "bad_json"),
+    ("activity_events", "a3", "postgres_rejected"),
+    ("exercises", "e5", "nul_character"),
+    ("activity_events", "a4", "nul_character"),
     ("exercises", "e2", "bad_text_array"),
     ("exercises", "e3", "bad_enum"),
     ("exercises", "e4", "check_violation"),
@@ -279,3 +289,44 @@ def test_rerun_changes_nothing_and_duplicates_nothing(migrated):
         "SELECT source_table, source_pk, reason FROM d1_migration.rejected_rows ORDER BY 1, 2"
     ).fetchall()
     assert after == before
+
+
+def test_postgres_refusal_is_quarantined_with_its_message(migrated):
+    conn, _, _ = migrated
+    reason = one(conn, "SELECT reason FROM d1_migration.rejected_rows WHERE source_pk = 'a3'")[0]
+    assert reason.startswith("Postgres refused the row: ") and "surrogate" in reason
+    assert one(conn, "SELECT metadata FROM activity_events WHERE id = %s", v5("a5"))[0] == [
+        "\\u0000"
+    ]
+
+
+def test_a_failed_load_leaves_the_previous_state(migrated, monkeypatch):
+    conn, source, _ = migrated
+    table = SCHEMA.table("points_ledger")
+    before = conn.execute("SELECT * FROM points_ledger ORDER BY id").fetchall()
+    quarantine = conn.execute("SELECT * FROM d1_migration.rejected_rows ORDER BY 1, 2").fetchall()
+    conn.execute("DELETE FROM points_ledger")  # the load would have to re-insert everything
+    conn.execute(
+        "INSERT INTO points_ledger (id, user_id, event_type) VALUES (%s, %s, 'kept')",
+        [uuid.uuid4(), U1.lower()],
+    )
+    kept = conn.execute("SELECT * FROM points_ledger").fetchall()
+    calls = []
+
+    def failing_convert(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("source went away mid-table")
+        return convert_batch(*args)
+
+    monkeypatch.setattr("d1_migration.load.convert_batch", failing_convert)
+    with source.snapshot() as snapshot, pytest.raises(RuntimeError):
+        migrate_table(conn, snapshot, table, SCHEMA, batch_rows=1)
+    assert conn.execute("SELECT * FROM points_ledger").fetchall() == kept
+    assert conn.execute("SELECT * FROM d1_migration.rejected_rows ORDER BY 1, 2").fetchall() == (
+        quarantine
+    )
+    monkeypatch.undo()
+    with source.snapshot() as snapshot:
+        migrate_table(conn, snapshot, table, SCHEMA)
+    assert conn.execute("SELECT * FROM points_ledger ORDER BY id").fetchall() == before

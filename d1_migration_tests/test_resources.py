@@ -1,0 +1,25 @@
+"""Resources: secrets stay out of what is shown; no target URL means a real embedded server."""
+
+from d1_migration.resources import PostgresTarget, redacted
+
+
+def test_redacted_url_keeps_host_port_and_database_only():
+    shown = redacted("postgresql://app:s3cret@db.internal:6543/prod?sslmode=require")
+    assert shown == "host=db.internal port=6543 dbname=prod"
+    assert PostgresTarget(url="postgresql://app:s3cret@db:5432/x").describe() == (
+        "host=db port=5432 dbname=x"
+    )
+
+
+def test_without_a_url_an_embedded_postgres_is_started(tmp_path):
+    import pgserver
+
+    target = PostgresTarget(workdir=str(tmp_path))
+    try:
+        with target.connect() as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+            database = conn.execute("SELECT current_database()").fetchone()[0]
+        assert version and database == "d1_target"
+        assert (tmp_path / "pgdata" / "PG_VERSION").is_file()
+    finally:
+        pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop").cleanup()
