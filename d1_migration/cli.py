@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
+from d1_migration.checks import QUARANTINE
 from d1_migration.definitions import TARGET_ENV
 from d1_migration.resources import (
     D1Source,
@@ -48,7 +49,10 @@ def print_summary(summary: RunSummary, quarantine: list[tuple[str, str, int]]) -
     failed = summary.failed_checks
     print(f"\nChecks: {len(summary.checks) - len(failed)} passed, {len(failed)} not passed")
     for check in failed:
-        detail = {k: v for k, v in check.metadata.items() if k != "details"}
+        if check.check == QUARANTINE:  # already listed by reason above
+            detail = f"{check.metadata['quarantined_rows']} row(s)"
+        else:
+            detail = {k: v for k, v in check.metadata.items() if k != "details"}
         print(f"  [{check.severity}] {check.asset} {check.check}: {detail}")
 
 
@@ -79,6 +83,9 @@ def demo(args: argparse.Namespace) -> int:
         f"\nMigration {migrate_seconds:.1f} s, total {time.perf_counter() - started:.1f} s, "
         f"peak memory {peak_mib:.0f} MiB; run {'succeeded' if summary.success else 'FAILED'}"
     )
+    if not os.environ.get("DAGSTER_HOME"):
+        home = (workdir / "dagster_home").resolve()
+        print(f"See this run in the UI: DAGSTER_HOME={home} dagster dev")
     return 0 if summary.success else 1
 
 
