@@ -143,14 +143,12 @@ class Snapshot:
         return self._conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
 
     def batches(self, table: Table, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        aliases = [ROWID] + [
-            a for c in table.source_columns for a, _ in column_projections(table, c)
+        fields = [pa.field(ROWID, pa.int64())] + [
+            pa.field(alias, _arrow_type(alias, column))
+            for column in table.source_columns
+            for alias, _ in column_projections(table, column)
         ]
-        owner = {a: c for c in table.source_columns for a, _ in column_projections(table, c)}
-        schema = pa.schema(
-            [pa.field(ROWID, pa.int64())]
-            + [pa.field(a, _arrow_type(a, owner[a])) for a in aliases[1:]]
-        )
+        schema = pa.schema(fields)
         cursor = self._conn.execute(select_sql(table))
         while rows := cursor.fetchmany(batch_rows):
             columns = list(zip(*rows, strict=True))

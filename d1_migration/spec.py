@@ -7,10 +7,10 @@ added in ``tables.py`` and nowhere else.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
+from functools import partial
 
 
 class Kind(StrEnum):
@@ -175,12 +175,6 @@ class Schema:
 
 # -- constructors used by tables.py; they keep 66 declarations readable -------------------
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
-
-
-def snake(name: str) -> str:
-    return _CAMEL.sub(r"_\1", name).lower()
-
 
 def _col(kind: Kind, name: str, null: bool = True, **kw) -> Column:
     return Column(name=name, kind=kind, nullable=null, **kw)
@@ -190,45 +184,16 @@ def uuid_pk() -> Column:
     return Column("id", Kind.ID, nullable=False, default="gen_random_uuid()")
 
 
-def text(name: str, **kw) -> Column:
-    return _col(Kind.TEXT, name, **kw)
-
-
-def integer(name: str, **kw) -> Column:
-    return _col(Kind.INTEGER, name, **kw)
-
-
-def bigint(name: str, **kw) -> Column:
-    return _col(Kind.BIGINT, name, **kw)
-
-
-def boolean(name: str, **kw) -> Column:
-    return _col(Kind.BOOLEAN, name, **kw)
-
-
-def double(name: str, **kw) -> Column:
-    return _col(Kind.DOUBLE, name, **kw)
-
-
-def timestamptz(name: str, **kw) -> Column:
-    return _col(Kind.TIMESTAMPTZ, name, **kw)
-
-
-def date(name: str, **kw) -> Column:
-    return _col(Kind.DATE, name, **kw)
-
-
-def jsonb(name: str, **kw) -> Column:
-    return _col(Kind.JSONB, name, **kw)
-
-
-def text_array(name: str, **kw) -> Column:
-    return _col(Kind.TEXT_ARRAY, name, **kw)
-
-
-def uuid(name: str, **kw) -> Column:
-    """An id-typed reference without a declared FK (e.g. points_ledger.event_id)."""
-    return _col(Kind.ID, name, **kw)
+text = partial(_col, Kind.TEXT)
+integer = partial(_col, Kind.INTEGER)
+bigint = partial(_col, Kind.BIGINT)
+boolean = partial(_col, Kind.BOOLEAN)
+double = partial(_col, Kind.DOUBLE)
+timestamptz = partial(_col, Kind.TIMESTAMPTZ)
+date = partial(_col, Kind.DATE)
+jsonb = partial(_col, Kind.JSONB)
+text_array = partial(_col, Kind.TEXT_ARRAY)
+uuid = partial(_col, Kind.ID)  # an id-typed reference without a declared FK (ledger.event_id)
 
 
 def enum(name: str, enum_type: str, **kw) -> Column:
