@@ -174,6 +174,27 @@ class TableLoad:
             if not removed:
                 return
 
+    def reject_underived(self) -> None:
+        """NOT NULL columns derived from a related row that gave no value, parents being fine."""
+        pk = q(self.table.primary_key[0])
+        for column in self.table.columns:
+            if not column.source_sql or column.nullable:
+                continue
+            for rowid, target_pk in self._delete_returning(
+                f"DELETE FROM {self.stage} WHERE {q(column.name)} IS NULL "
+                f"RETURNING {ROWID}, {pk}::text"
+            ):
+                self.rejects.append(
+                    Reject(
+                        rowid,
+                        column.name,
+                        "not_null",
+                        f"{column.name} is derived by {column.source_sql}, which gave no value; "
+                        "fix the related row in D1",
+                        target_pk,
+                    )
+                )
+
     def _quarantined_parents(self, parent: str, column: str, values: list[str]) -> set[str]:
         if not values:
             return set()
@@ -304,6 +325,7 @@ def migrate_table(
         load.reject_checks()
         load.reject_duplicates()
         load.reject_orphans()
+        load.reject_underived()
         inserted, updated, deleted = load.merge()
         load.record_quarantine(snapshot, run_id)
         remapped = load.record_id_map()

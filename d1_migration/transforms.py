@@ -421,7 +421,13 @@ def _convert_text(
 
 def convert_batch(table: Table, batch: pa.RecordBatch, schema: Schema) -> Converted:
     fail = _Failures(batch.num_rows)
-    columns = {c.name: _convert_column(table, c, batch, fail, schema) for c in table.source_columns}
+    # A column derived from another table's row (source_sql) fails only because that row does;
+    # the FK check names the real reason, so its own failures are not filed here.
+    derived = _Failures(batch.num_rows)
+    columns = {
+        c.name: _convert_column(table, c, batch, derived if c.source_sql else fail, schema)
+        for c in table.source_columns
+    }
     failed = fail.failed
     extra = {}
     pk = table.column(table.primary_key[0])

@@ -110,7 +110,7 @@ def test_dagster_cli_materializes_everything_with_postgres_run_storage(
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": psycopg.conninfo.conninfo_to_dict(storage_url) and _as_url(storage_url),
+        "DAGSTER_PG_URL": _as_url(storage_url),
         "D1_MIGRATION_SOURCE": str(real_d1),
         "D1_MIGRATION_TARGET_URL": _as_url(target_url),
     }

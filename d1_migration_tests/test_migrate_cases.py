@@ -40,6 +40,13 @@ ROWS = [
     f"INSERT INTO users ({USER_COLS}) VALUES ('u7', 'Y', 'y@x', NULL, 1, {NOW}, 'yesterday')",
     f"INSERT INTO users ({USER_COLS}) VALUES ('{U1.lower()}', 'Dup', 'dup@x', NULL, 1, {NOW}, "
     f"{NOW})",
+    # accounts.created_at is derived from the user: the parent decides the reason
+    "INSERT INTO accounts (id, userId, type, provider, providerAccountId) VALUES "
+    f"('ac1', '{U1}', 'oauth', 'github', '1')",
+    "INSERT INTO accounts (id, userId, type, provider, providerAccountId) VALUES "
+    "('ac2', 'u3', 'oauth', 'github', '2')",
+    "INSERT INTO accounts (id, userId, type, provider, providerAccountId) VALUES "
+    "('ac3', 'nobody', 'oauth', 'github', '3')",
     # sessions: token hashed; a child of a quarantined user
     f"INSERT INTO sessions VALUES ('s1', 'tok-123', '{U1}', '2026-02-05T10:00:00.000Z')",
     "INSERT INTO sessions VALUES ('s2', 'secret-tok', 'u3', '2026-02-05T10:00:00.000Z')",
@@ -120,6 +127,8 @@ EXPECTED_REJECTS = {
     ("users", "u7", "bad_datetime"),
     ("users", U1.lower(), "duplicate_key"),
     ("sessions", "s2", "parent_quarantined"),
+    ("accounts", "ac2", "parent_quarantined"),
+    ("accounts", "ac3", "missing_parent"),
     ("points_ledger", "l2", "wrong_type"),
     ("points_ledger", "l3", "out_of_range"),
     ("points_ledger", "l4", "missing_parent"),
@@ -239,6 +248,12 @@ def test_datetimes_in_every_form(migrated):
     assert one(conn, "SELECT last_completed_date FROM quests WHERE id = %s", v5("q1"))[0] == date(
         2026, 1, 5
     )
+
+
+def test_derived_column_comes_from_the_parent_row(migrated):
+    conn, _, _ = migrated
+    created = one(conn, "SELECT created_at FROM accounts WHERE id = %s", v5("ac1"))[0]
+    assert created == datetime(2026, 1, 6, 10, 11, 12, tzinfo=UTC)  # users.created_at of U1
 
 
 def test_json_arrays_and_bytes(migrated):
