@@ -38,6 +38,19 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.rejected_rows (
 );
 CREATE INDEX IF NOT EXISTS rejected_rows_open
     ON {BOOKKEEPING_SCHEMA}.rejected_rows (source_table) WHERE resolved_at IS NULL;
+CREATE INDEX IF NOT EXISTS id_map_target ON {BOOKKEEPING_SCHEMA}.id_map (source_table, target_id);
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_state (
+    table_name TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,
+    synced_at TIMESTAMPTZ NOT NULL,
+    removed_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_token (
+    token UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+INSERT INTO {BOOKKEEPING_SCHEMA}.sync_token (token)
+    SELECT gen_random_uuid() WHERE NOT EXISTS (SELECT 1 FROM {BOOKKEEPING_SCHEMA}.sync_token);
 """
 
 
@@ -123,7 +136,7 @@ def ensure_schema(conn: psycopg.Connection, schema: Schema) -> None:
             [names],
         ).fetchone()[0]
         bookkeeping = conn.execute(
-            "SELECT to_regclass('d1_migration.rejected_rows') IS NOT NULL"
+            "SELECT to_regclass('d1_migration.sync_token') IS NOT NULL"
         ).fetchone()[0]
         if present == len(names) and bookkeeping:
             return

@@ -6,6 +6,12 @@ there, in SQL generated from the same spec as the DDL, and failing rows move to 
 The survivors are merged into the target: rows gone from D1 are deleted, new rows inserted,
 changed rows updated. A merge rather than TRUNCATE + reload, because TRUNCATE/DELETE of a parent
 would cascade through its children; and a merge makes a re-run on the same source a no-op.
+
+An incremental load runs the same steps on a scope: the rows the shadow (shadow.py) finds new,
+changed or deleted, plus the rows in quarantine, which are retried every time. Its result must
+equal a full load's, so whenever the effect of the changes reaches beyond the scope (an ancestor
+table removed rows since this table's last sync, a self-referencing table removed rows, a key
+shared with a row outside the scope that cannot be brought in), it falls back to a full load.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ import pyarrow.csv as pacsv
 from psycopg.types.json import Jsonb
 
 from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, q
-from d1_migration.source import ROWID, Snapshot
+from d1_migration.shadow import Shadow
+from d1_migration.source import ROWID, Snapshot, source_pk_text
 from d1_migration.spec import Kind, Schema, Table
-from d1_migration.transforms import SOURCE_ID, Reject, convert_batch
+from d1_migration.transforms import SOURCE_ID, Reject, convert_batch, uuid_for
 
 BATCH_ROWS = 50_000
 REJECTED = f"{BOOKKEEPING_SCHEMA}.rejected_rows"
 ID_MAP = f"{BOOKKEEPING_SCHEMA}.id_map"
+SYNC_STATE = f"{BOOKKEEPING_SCHEMA}.sync_state"
 
 
 @dataclass
@@ -39,6 +47,8 @@ class TableResult:
     updated: int = 0
     deleted: int = 0
     remapped_ids: int = 0
+    mode: str = "full"
+    considered: int = 0  # source rows converted (all of them in a full load)
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -52,17 +62,92 @@ def _csv(rows: pa.Table) -> bytes:
 class TableLoad:
     """The load of one table inside one open transaction."""
 
-    def __init__(self, conn: psycopg.Connection, table: Table, schema: Schema) -> None:
-        self.conn, self.table, self.schema = conn, table, schema
+    def __init__(
+        self, conn: psycopg.Connection, table: Table, schema: Schema, scoped: bool = False
+    ) -> None:
+        self.conn, self.table, self.schema, self.scoped = conn, table, schema, scoped
         self.stage = q(f"_stage_{table.name}")
+        self.touched = q(f"_touched_{table.name}")
         self.columns = [c for c in table.columns if not c.added]
         self.rejects: list[Reject] = []
+        self.considered = 0
+        self.scope_pks: set[str] = set()  # source rows a scoped load covers (source_pk_text)
         self.maps_ids = table.column(table.primary_key[0]).kind is Kind.ID
 
     def create_stage(self) -> None:
         cols = [f"{q(c.name)} {c.pg_type}" for c in self.columns]
         cols += [f"{ROWID} BIGINT"] + ([f"{SOURCE_ID} TEXT"] if self.maps_ids else [])
         self.conn.execute(f"CREATE TEMP TABLE {self.stage} ({', '.join(cols)}) ON COMMIT DROP")
+        if self.scoped:  # target rows this load replaces: by key and source identity
+            keys = [f"{q(k)} {self.table.column(k).pg_type}" for k in self.table.primary_key]
+            self.conn.execute(
+                f"CREATE TEMP TABLE {self.touched} ({', '.join(keys)}, _src TEXT) ON COMMIT DROP"
+            )
+
+    def stage_rows(
+        self, snapshot: Snapshot, batch_rows: int, rowids: list[int] | None = None
+    ) -> None:
+        """Convert and stage the table, or only ``rowids`` of it."""
+        for batch in snapshot.batches(self.table, batch_rows, rowids):
+            converted = convert_batch(self.table, batch, self.schema)
+            self.considered += batch.num_rows
+            self.rejects += converted.rejects
+            if converted.good.num_rows:
+                self.copy(converted.good)
+            if self.scoped:
+                keys = converted.keys
+                if SOURCE_ID in keys.column_names:
+                    keys = keys.rename_columns([*self.table.primary_key, "_src"])
+                self._copy_into(self.touched, keys)
+
+    def touch_deleted(self, deleted: list[list]) -> None:
+        """Rows gone from D1: their target rows go too (if they are the same source row)."""
+        if self.maps_ids:
+            rows = [(uuid_for(key[0]), key[0]) for key in deleted if isinstance(key[0], str)]
+            cols = f"{q(self.table.primary_key[0])}, _src"
+        else:
+            rows = [tuple(key) for key in deleted]
+            cols = ", ".join(map(q, self.table.primary_key))
+        with self.conn.cursor().copy(f"COPY {self.touched} ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _copy_into(self, relation: str, rows: pa.Table) -> None:
+        names = ", ".join(q(n) for n in rows.column_names)
+        with self.conn.cursor().copy(f"COPY {relation} ({names}) FROM STDIN (FORMAT csv)") as cp:
+            cp.write(_csv(rows))
+
+    def _identity(self, alias: str) -> str:
+        """SQL for the source id a target row came from (scoped loads of id tables)."""
+        pk = q(self.table.primary_key[0])
+        return (
+            f"coalesce((SELECT m.source_id FROM {ID_MAP} m WHERE m.source_table = "
+            f"'{self.table.name}' AND m.target_id = {alias}.{pk}), {alias}.{pk}::text)"
+        )
+
+    def _same_row(self, target: str, touched: str) -> str:
+        same = " AND ".join(f"{target}.{q(k)} = {touched}.{q(k)}" for k in self.table.primary_key)
+        return f"{same} AND {self._identity(target)} = {touched}._src" if self.maps_ids else same
+
+    def _untouched(self, alias: str) -> str:
+        return f"NOT EXISTS (SELECT 1 FROM {self.touched} k WHERE {self._same_row(alias, 'k')})"
+
+    def collisions(self) -> set[str]:
+        """Source rows outside the scope whose target row shares a key value with a staged row;
+        they must join the scope so that UNIQUE and PK rules see every contender."""
+        keys = [self.table.primary_key] + [(c.name,) for c in self.table.columns if c.unique]
+        keys += list(self.table.uniques)
+        pk = ", ".join(f"t.{q(k)}" for k in self.table.primary_key)
+        found: set[str] = set()
+        for cols in keys:
+            on = " AND ".join(f"t.{q(c)} = s.{q(c)}" for c in cols)
+            select = self._identity("t") if self.maps_ids else pk
+            for row in self.conn.execute(
+                f"""SELECT DISTINCT {select} FROM {q(self.table.name)} t
+                    JOIN {self.stage} s ON {on} WHERE {self._untouched("t")}"""
+            ):
+                found.add(source_pk_text(list(row), 0))
+        return found
 
     def copy(self, rows: pa.Table) -> None:
         """COPY a batch; if Postgres refuses it, find and quarantine the refused rows one by one."""
@@ -145,7 +230,15 @@ class TableLoad:
             for column in self.table.foreign_keys:
                 parent_table, parent_column = column.parent
                 own = parent_table == self.table.name
-                parent_rel = self.stage if own else q(parent_table)
+                parent_rel = q(parent_table)
+                if own:  # the table as it will be: staged rows, and in a scoped load the rest
+                    parent_rel = f"(SELECT {q(parent_column)} FROM {self.stage}"
+                    if self.scoped:
+                        parent_rel += (
+                            f" UNION ALL SELECT t.{q(parent_column)} FROM "
+                            f"{q(self.table.name)} t WHERE {self._untouched('t')}"
+                        )
+                    parent_rel += ")"
                 rows = self._delete_returning(
                     f"""DELETE FROM {self.stage} s WHERE s.{q(column.name)} IS NOT NULL
                         AND NOT EXISTS (SELECT 1 FROM {parent_rel} p
@@ -199,8 +292,7 @@ class TableLoad:
         if not values:
             return set()
         parent_table = self.schema.table(parent)
-        if parent == self.table.name:
-            return {r.target_pk for r in self.rejects} & set(values)
+        own = {r.target_pk for r in self.rejects} if parent == self.table.name else set()
         if parent_table.primary_key == (column,):
             sql = (
                 f"SELECT target_pk FROM {REJECTED} WHERE source_table = %s "
@@ -214,7 +306,7 @@ class TableLoad:
             )
             source_col = parent_table.column(column).source_name
             params = [source_col, parent, source_col, values]
-        return {r[0] for r in self.conn.execute(sql, params)}
+        return (own & set(values)) | {r[0] for r in self.conn.execute(sql, params)}
 
     def merge(self) -> tuple[int, int, int]:
         """Make the target equal to the stage. Returns (inserted, updated, deleted)."""
@@ -224,9 +316,14 @@ class TableLoad:
             return self._bulk_insert(target, cols), 0, 0
         key = ", ".join(map(q, self.table.primary_key))
         join = " AND ".join(f"s.{q(k)} = t.{q(k)}" for k in self.table.primary_key)
-        deleted = self.conn.execute(
-            f"DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM {self.stage} s WHERE {join})"
-        ).rowcount
+        restaged = f"EXISTS (SELECT 1 FROM {self.stage} s WHERE {join})"
+        if self.scoped:  # only rows of the scope leave: gone from D1, or now quarantined
+            deleted = self.conn.execute(
+                f"DELETE FROM {target} t USING {self.touched} k "
+                f"WHERE {self._same_row('t', 'k')} AND NOT {restaged}"
+            ).rowcount
+        else:
+            deleted = self.conn.execute(f"DELETE FROM {target} t WHERE NOT {restaged}").rowcount
         updates = [q(c.name) for c in self.columns if c.name not in self.table.primary_key]
         if updates:
             assign = ", ".join(f"{n} = EXCLUDED.{n}" for n in updates)
@@ -285,22 +382,116 @@ class TableLoad:
                                              ELSE now() END""",
                 rows,
             )
+        in_scope = "AND source_pk = ANY(%s)" if self.scoped else ""
         self.conn.execute(
             f"""UPDATE {REJECTED} SET resolved_at = now() WHERE source_table = %s
-                AND resolved_at IS NULL AND NOT (source_pk = ANY(%s))""",
-            [self.table.name, [row[1] for row in rows]],
+                AND resolved_at IS NULL AND NOT (source_pk = ANY(%s)) {in_scope}""",
+            [self.table.name, [row[1] for row in rows]]
+            + ([sorted(self.scope_pks)] if self.scoped else []),
         )
 
     def record_id_map(self) -> int:
         if not self.maps_ids:
             return 0
         pk = q(self.table.primary_key[0])
-        self.conn.execute(f"DELETE FROM {ID_MAP} WHERE source_table = %s", [self.table.name])
+        if self.scoped:
+            self.conn.execute(
+                f"""DELETE FROM {ID_MAP} WHERE source_table = %s AND (source_id = ANY(%s)
+                    OR target_id IN (SELECT {pk} FROM {self.stage}))""",
+                [self.table.name, sorted(self.scope_pks)],
+            )
+        else:
+            self.conn.execute(f"DELETE FROM {ID_MAP} WHERE source_table = %s", [self.table.name])
         return self.conn.execute(
             f"""INSERT INTO {ID_MAP} (source_table, source_id, target_id)
                 SELECT %s, {SOURCE_ID}, {pk} FROM {self.stage} WHERE {SOURCE_ID} IS NOT NULL""",
             [self.table.name],
         ).rowcount
+
+
+class NeedsFullLoad(Exception):
+    """An incremental load found changes whose effect reaches outside its scope."""
+
+
+def ancestors(schema: Schema, table: Table) -> set[str]:
+    found: set[str] = set()
+    todo = list(table.parents)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo += schema.table(name).parents
+    return found
+
+
+def _ancestor_removed_rows(conn: psycopg.Connection, schema: Schema, table: Table) -> bool:
+    """Whether an ancestor removed rows since this table last synced: Postgres may then have
+    cascaded into this table (or set its references to NULL) outside any incremental scope."""
+    return conn.execute(
+        f"""SELECT coalesce((SELECT max(removed_at) FROM {SYNC_STATE} WHERE table_name = ANY(%s))
+                   > (SELECT synced_at FROM {SYNC_STATE} WHERE table_name = %s), false)""",
+        [sorted(ancestors(schema, table)), table.name],
+    ).fetchone()[0]
+
+
+def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> tuple[int, int, int, int]:
+    conn = load.conn
+    conn.execute(f"ANALYZE {load.stage}")
+    load.reject_checks()
+    load.reject_duplicates()
+    load.reject_orphans()
+    load.reject_underived()
+    inserted, updated, removed = load.merge()
+    if (
+        load.scoped
+        and removed
+        and load.table.name in (c.parent[0] for c in load.table.foreign_keys)
+    ):
+        raise NeedsFullLoad  # Postgres may have cascaded to rows of this table outside the scope
+    load.record_quarantine(snapshot, run_id)
+    return inserted, updated, removed, load.record_id_map()
+
+
+def _full_load(conn, snapshot, table, schema, run_id, batch_rows) -> tuple[TableLoad, tuple]:
+    load = TableLoad(conn, table, schema)
+    load.create_stage()
+    load.stage_rows(snapshot, batch_rows)
+    return load, _finish(load, snapshot, run_id)
+
+
+def _incremental_load(
+    conn, snapshot, shadow, table, schema, run_id, batch_rows
+) -> tuple[TableLoad, tuple, list[int], list[list]]:
+    changes = shadow.changes(table)
+    retry = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT source_pk FROM {REJECTED} WHERE source_table = %s AND resolved_at IS NULL",
+            [table.name],
+        )
+    ]
+    load = TableLoad(conn, table, schema, scoped=True)
+    rowids = sorted(set(changes.rowids) | set(shadow.rowids_of(table, retry)))
+    if not rowids and not changes.deleted:
+        return load, (0, 0, 0, 0), [], []
+    load.create_stage()
+    load.scope_pks = {*changes.source_pks, *retry}
+    load.scope_pks |= {source_pk_text(key, 0) for key in changes.deleted}
+    load.stage_rows(snapshot, batch_rows, rowids)
+    load.touch_deleted(changes.deleted)
+    for _ in range(5):
+        outside = load.collisions() - load.scope_pks
+        if not outside:
+            break
+        more = shadow.rowids_of(table, sorted(outside))
+        if len(more) != len(outside):
+            raise NeedsFullLoad  # a target row with no source row: only a full load can tell
+        load.scope_pks |= outside
+        load.stage_rows(snapshot, batch_rows, more)
+        rowids += more
+    else:
+        raise NeedsFullLoad
+    return load, _finish(load, snapshot, run_id), rowids, changes.deleted
 
 
 def migrate_table(
@@ -310,35 +501,60 @@ def migrate_table(
     schema: Schema,
     run_id: str | None = None,
     batch_rows: int = BATCH_ROWS,
+    shadow: Shadow | None = None,
+    incremental: bool = False,
 ) -> TableResult:
-    """Bring one target table in line with the source snapshot, atomically."""
+    """Bring one target table in line with the source snapshot, atomically.
+
+    With a ``shadow``, an ``incremental`` load processes only what changed when that is
+    provably enough, and the shadow is brought up to date after Postgres commits.
+    """
     started = time.perf_counter()
+    mode = "full"
     with conn.transaction():
-        load = TableLoad(conn, table, schema)
-        load.create_stage()
-        for batch in snapshot.batches(table, batch_rows):
-            converted = convert_batch(table, batch, schema)
-            load.rejects += converted.rejects
-            if converted.good.num_rows:
-                load.copy(converted.good)
-        conn.execute(f"ANALYZE {load.stage}")
-        load.reject_checks()
-        load.reject_duplicates()
-        load.reject_orphans()
-        load.reject_underived()
-        inserted, updated, deleted = load.merge()
-        load.record_quarantine(snapshot, run_id)
-        remapped = load.record_id_map()
+        if (
+            incremental
+            and shadow is not None
+            and shadow.usable(table)
+            and not _ancestor_removed_rows(conn, schema, table)
+        ):
+            try:
+                with conn.transaction():  # a savepoint: falling back discards the attempt
+                    load, counts, rowids, deleted = _incremental_load(
+                        conn, snapshot, shadow, table, schema, run_id, batch_rows
+                    )
+                mode = "incremental"
+            except NeedsFullLoad:
+                pass
+        if mode == "full":
+            load, counts = _full_load(conn, snapshot, table, schema, run_id, batch_rows)
+        inserted, updated, removed, remapped = counts
+        conn.execute(
+            f"""INSERT INTO {SYNC_STATE} AS s (table_name, mode, synced_at, removed_at)
+                VALUES (%(t)s, %(m)s, now(), CASE WHEN %(r)s > 0 THEN now() END)
+                ON CONFLICT (table_name) DO UPDATE SET mode = %(m)s, synced_at = now(),
+                    removed_at = CASE WHEN %(r)s > 0 THEN now() ELSE s.removed_at END""",
+            {"t": table.name, "m": mode, "r": removed},
+        )
         target_rows = conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
+    source_rows = snapshot.count(table)  # before the shadow's commit ends this snapshot
+    if shadow is not None:
+        if mode == "full":
+            shadow.replace_all(table)
+        else:
+            shadow.apply(table, rowids, deleted)
+        shadow.commit()
     return TableResult(
         table=table.name,
-        source_rows=snapshot.count(table),
+        source_rows=source_rows,
         target_rows=target_rows,
         quarantined=len(load.rejects),
         inserted=inserted,
         updated=updated,
-        deleted=deleted,
+        deleted=removed,
         remapped_ids=remapped,
+        mode=mode,
+        considered=load.considered,
         seconds=round(time.perf_counter() - started, 3),
         reasons=dict(Counter(r.code for r in load.rejects)),
     )

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -83,12 +83,25 @@ def column_projections(table: Table, column: Column) -> list[tuple[str, str]]:
     return out
 
 
-def select_sql(table: Table) -> str:
+CHOSEN_ROWS = "temp.d1m_chosen_rows"
+
+
+def select_sql(table: Table, chosen: bool = False) -> str:
+    """The batch query; ``chosen`` limits it to the rowids in CHOSEN_ROWS."""
     projections = [(ROWID, f"{q(table.name)}.rowid")]
     for column in table.source_columns:
         projections += column_projections(table, column)
     cols = ",\n  ".join(f"{sql} AS {q(alias)}" for alias, sql in projections)
-    return f"SELECT\n  {cols}\nFROM {q(table.name)}\nORDER BY {q(table.name)}.rowid"
+    where = f"\nWHERE {q(table.name)}.rowid IN (SELECT id FROM {CHOSEN_ROWS})" if chosen else ""
+    return f"SELECT\n  {cols}\nFROM {q(table.name)}{where}\nORDER BY {q(table.name)}.rowid"
+
+
+def source_pk_text(keys: list, rowid: int) -> str:
+    """How a source row is named in quarantine and sync state: its key text, a JSON array for a
+    composite key, or ``rowid:N`` when the key is not text (SQLite allows a NULL key)."""
+    if len(keys) > 1:
+        return json.dumps(keys, ensure_ascii=False)
+    return keys[0] if isinstance(keys[0], str) else f"rowid:{rowid}"
 
 
 def _arrow_type(alias: str, column: Column) -> pa.DataType:
@@ -135,6 +148,11 @@ class Snapshot:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For the shadow, which attaches to this connection to compare within SQLite."""
+        return self._conn
+
     def table_names(self) -> list[str]:
         rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         return [r[0].decode() for r in rows]
@@ -142,14 +160,23 @@ class Snapshot:
     def count(self, table: Table) -> int:
         return self._conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
 
-    def batches(self, table: Table, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(
+        self, table: Table, batch_rows: int, rowids: Sequence[int] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The table (or only ``rowids`` of it) as Arrow batches of at most ``batch_rows``."""
         fields = [pa.field(ROWID, pa.int64())] + [
             pa.field(alias, _arrow_type(alias, column))
             for column in table.source_columns
             for alias, _ in column_projections(table, column)
         ]
         schema = pa.schema(fields)
-        cursor = self._conn.execute(select_sql(table))
+        if rowids is not None:
+            self._conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {CHOSEN_ROWS[5:]} (id INTEGER PRIMARY KEY)"
+            )
+            self._conn.execute(f"DELETE FROM {CHOSEN_ROWS}")
+            self._conn.executemany(f"INSERT INTO {CHOSEN_ROWS} VALUES (?)", ((r,) for r in rowids))
+        cursor = self._conn.execute(select_sql(table, chosen=rowids is not None))
         while rows := cursor.fetchmany(batch_rows):
             columns = list(zip(*rows, strict=True))
             yield pa.RecordBatch.from_arrays(
@@ -177,12 +204,7 @@ class Snapshot:
                     n: _json_value(pairs[2 * i + 1], pairs[2 * i].decode(), n in secret)
                     for i, n in enumerate(names)
                 }
-                keys = [row.get(k) for k in pk]
-                if len(pk) == 1:
-                    source_pk = keys[0] if isinstance(keys[0], str) else f"rowid:{rowid}"
-                else:
-                    source_pk = json.dumps(keys, ensure_ascii=False)
-                out[rowid] = RawRow(source_pk, row)
+                out[rowid] = RawRow(source_pk_text([row.get(k) for k in pk], rowid), row)
         return out
 
 

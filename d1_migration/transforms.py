@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, reduce
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,10 +69,12 @@ class Reject:
 
 @dataclass
 class Converted:
-    """Good rows as target-typed columns (plus _rowid), and the rejected rows."""
+    """Good rows as target-typed columns (plus _rowid), the rejected rows, and the target key
+    and source identity (the original id text) of every row whose key converted."""
 
     good: pa.Table
     rejects: list[Reject]
+    keys: pa.Table
 
 
 class _Failures:
@@ -431,9 +433,13 @@ def convert_batch(table: Table, batch: pa.RecordBatch, schema: Schema) -> Conver
     failed = fail.failed
     extra = {}
     pk = table.column(table.primary_key[0])
+    key_columns = {name: columns[name] for name in table.primary_key}
     if pk.kind is Kind.ID:  # the original id where the target differs, for d1_migration.id_map
         original, _ = _decode_utf8(batch[f"{pk.name}__value"])
         extra[SOURCE_ID] = pc.if_else(pc.equal(original, columns[pk.name]), None, original)
+        key_columns[SOURCE_ID] = original
+    keys = pa.table(key_columns)
+    keys = keys.filter(reduce(pc.and_, (pc.is_valid(keys[n]) for n in table.primary_key)))
     good = pa.table({ROWID: batch[ROWID], **columns, **extra}).filter(pc.invert(failed))
     rejects = []
     if pc.any(failed).as_py():
@@ -448,4 +454,4 @@ def convert_batch(table: Table, batch: pa.RecordBatch, schema: Schema) -> Conver
             }
         ).filter(failed)
         rejects = [Reject(**row) for row in picked.to_pylist()]
-    return Converted(good, rejects)
+    return Converted(good, rejects, keys)

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from d1_migration.resources import embedded_postgres_url
+
+# Property tests: 25 examples in CI; HYPOTHESIS_PROFILE=deep for a long local hunt.
+settings.register_profile("default", max_examples=25)
+settings.register_profile("deep", max_examples=400)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_SCHEMA = SHARED / "d1" / "0100_master_reset.sql"
