@@ -16,7 +16,8 @@ from dagster import (
 
 from d1_migration.ddl import ensure_schema
 from d1_migration.load import migrate_table
-from d1_migration.resources import D1Source, PostgresTarget
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.shadow import Shadow
 from d1_migration.spec import Schema, Table
 
 SOURCE_PREFIX = "d1"
@@ -63,11 +64,19 @@ def table_asset(table: Table, schema: Schema) -> AssetsDefinition:
         kinds={"postgres"},
     )
     def _migrate(
-        context: AssetExecutionContext, d1: D1Source, postgres: PostgresTarget
+        context: AssetExecutionContext, d1: D1Source, postgres: PostgresTarget, sync: SyncSettings
     ) -> MaterializeResult:
         with postgres.connect() as conn, d1.snapshot() as snapshot:
             ensure_schema(conn, schema)
-            result = migrate_table(conn, snapshot, table, schema, run_id=context.run.run_id)
+            result = migrate_table(
+                conn,
+                snapshot,
+                table,
+                schema,
+                run_id=context.run.run_id,
+                shadow=Shadow(snapshot, sync.shadow_path(conn)),
+                incremental=sync.mode == "incremental",
+            )
         if result.quarantined:
             context.log.warning(
                 f"{table.name}: {result.quarantined} row(s) quarantined in "
@@ -75,6 +84,8 @@ def table_asset(table: Table, schema: Schema) -> AssetsDefinition:
             )
         return MaterializeResult(
             metadata={
+                "mode": result.mode,
+                "rows_considered": result.considered,
                 "source_rows": result.source_rows,
                 "target_rows": result.target_rows,
                 "quarantined_this_run": result.quarantined,

@@ -168,7 +168,11 @@ ORDER BY w.user_id
 )
 def wallet_matches_ledger(postgres: PostgresTarget) -> AssetCheckResult:
     with postgres.connect() as conn:
-        rows = conn.execute(WALLET_QUERY).fetchall()
+        return wallet_drift(conn)
+
+
+def wallet_drift(conn: psycopg.Connection) -> AssetCheckResult:
+    rows = conn.execute(WALLET_QUERY).fetchall()
     drifted = [
         {
             "user_id": str(r[0]),
@@ -181,6 +185,8 @@ def wallet_matches_ledger(postgres: PostgresTarget) -> AssetCheckResult:
         for r in rows
     ]
     return AssetCheckResult(
+        asset_key=target_key("user_wallet"),
+        check_name="wallet_matches_ledger",
         passed=not drifted,
         metadata={
             "mismatching_users": len(drifted),

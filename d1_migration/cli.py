@@ -1,4 +1,4 @@
-"""`d1-migration demo`: build a sample D1 database and migrate it, printing what happened."""
+"""The `d1-migration` command: `demo` (a sample migration) and `cutover-check` (the gate)."""
 
 import argparse
 import os
@@ -9,15 +9,19 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from d1_migration.checks import QUARANTINE
-from d1_migration.definitions import TARGET_ENV
+from d1_migration.cutover import cutover_check as run_cutover_check
+from d1_migration.definitions import SOURCE_ENV, STATE_DIR_ENV, TARGET_ENV
 from d1_migration.resources import (
+    DEFAULT_WORKDIR,
     D1Source,
     PostgresTarget,
+    SyncSettings,
     embedded_postgres_url,
     redacted,
 )
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.sample_data import build_sample_db
+from d1_migration.tables import SCHEMA
 
 DAGSTER_STORAGE_DB = "dagster"
 
@@ -70,7 +74,12 @@ def demo(args: argparse.Namespace) -> int:
     print(f"Target: {redacted(target.resolved_url())}")
 
     migrate_started = time.perf_counter()
-    summary = materialize_all(D1Source(path=str(source_path)), target, demo_instance(workdir))
+    summary = materialize_all(
+        D1Source(path=str(source_path)),
+        target,
+        demo_instance(workdir),
+        SyncSettings(state_dir=str(workdir / "sync")),
+    )
     migrate_seconds = time.perf_counter() - migrate_started
     with target.connect() as conn:
         quarantine = conn.execute(
@@ -89,6 +98,20 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if summary.success else 1
 
 
+def cutover_check(args: argparse.Namespace) -> int:
+    """Exit 0 only when Postgres may take over: CI/CD and runbooks can gate on it."""
+    if not os.environ.get(SOURCE_ENV):
+        print(f"Set {SOURCE_ENV} to the D1 database (and {TARGET_ENV} to the target).")
+        return 2
+    d1 = D1Source(path=os.environ[SOURCE_ENV])
+    postgres = PostgresTarget(url=os.environ.get(TARGET_ENV))
+    sync = SyncSettings(state_dir=os.environ.get(STATE_DIR_ENV, str(DEFAULT_WORKDIR / "sync")))
+    print(f"Cutover check of {redacted(postgres.resolved_url())} against {d1.path}")
+    verdict = run_cutover_check(d1, postgres, sync, SCHEMA)
+    print(verdict.render())
+    return 0 if verdict.ready else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="d1-migration")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--seed", type=int, default=0)
     demo_parser.add_argument("--workdir", default=".d1_migration", help="where files are kept")
     demo_parser.set_defaults(run=demo)
+    gate_parser = commands.add_parser(
+        "cutover-check",
+        help="final sync, a second one that must change nothing, then every check; "
+        "exit 0 only when ready",
+    )
+    gate_parser.set_defaults(run=cutover_check)
     args = parser.parse_args(argv)
     return args.run(args)
 

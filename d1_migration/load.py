@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg.types.json import Jsonb
 
-from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, q
+from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, ensure_schema, load_order, q
 from d1_migration.shadow import Shadow
 from d1_migration.source import ROWID, Snapshot, source_pk_text
 from d1_migration.spec import Kind, Schema, Table
@@ -512,6 +513,8 @@ def migrate_table(
     started = time.perf_counter()
     mode = "full"
     with conn.transaction():
+        # Overlapping syncs (a run started by hand during a scheduled one) take turns per table.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"d1_migration:{table.name}"])
         if (
             incremental
             and shadow is not None
@@ -558,3 +561,24 @@ def migrate_table(
         seconds=round(time.perf_counter() - started, 3),
         reasons=dict(Counter(r.code for r in load.rejects)),
     )
+
+
+def sync_all(
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    schema: Schema,
+    shadow: Shadow | None,
+    incremental: bool,
+    run_id: str | None = None,
+    tables: Iterable[str] | None = None,
+) -> dict[str, TableResult]:
+    """Every table (or the named ones), parents first, outside Dagster (tests, the gate)."""
+    ensure_schema(conn, schema)
+    wanted = set(tables) if tables is not None else {t.name for t in schema.tables}
+    return {
+        t.name: migrate_table(
+            conn, snapshot, t, schema, run_id=run_id, shadow=shadow, incremental=incremental
+        )
+        for t in load_order(schema)
+        if t.name in wanted
+    }

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 from dagster import ConfigurableResource
@@ -84,3 +85,26 @@ class PostgresTarget(ConfigurableResource):
     def connect(self) -> Iterator[psycopg.Connection]:
         with psycopg.connect(self.resolved_url(), autocommit=True) as conn:
             yield conn
+
+
+class SyncSettings(ConfigurableResource):
+    """How tables are brought up to date: one setting for all 66 assets.
+
+    ``incremental`` processes only what changed since the last sync (the first sync of a
+    target is full either way); ``full`` re-reads and re-checks every row.
+    """
+
+    mode: Literal["incremental", "full"] = Field(
+        default="incremental", description="incremental (default) or full"
+    )
+    state_dir: str = Field(
+        default=str(DEFAULT_WORKDIR / "sync"),
+        description="Where the shadow of each target is kept (env D1_MIGRATION_STATE_DIR); "
+        "keep it on persistent disk, or every sync is a full one.",
+    )
+
+    def shadow_path(self, conn: psycopg.Connection) -> Path:
+        """One shadow per target database, named by the target's sync token (which the
+        bookkeeping schema creates: ensure the schema first)."""
+        token = conn.execute("SELECT token FROM d1_migration.sync_token").fetchone()[0]
+        return Path(self.state_dir) / f"shadow-{token}.sqlite"

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
-from d1_migration.resources import D1Source, PostgresTarget
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,14 @@ def summarize(result: ExecuteInProcessResult) -> RunSummary:
 
 
 def materialize_all(
-    d1: D1Source, postgres: PostgresTarget, instance: DagsterInstance | None = None
+    d1: D1Source,
+    postgres: PostgresTarget,
+    instance: DagsterInstance | None = None,
+    sync: SyncSettings | None = None,
 ) -> RunSummary:
     result = materialize(
         [*ASSETS, *ASSET_CHECKS],
-        resources={"d1": d1, "postgres": postgres},
+        resources={"d1": d1, "postgres": postgres, "sync": sync or SyncSettings()},
         instance=instance or DagsterInstance.ephemeral(),
         selection="key:pg/*",
         raise_on_error=False,

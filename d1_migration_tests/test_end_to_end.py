@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from d1_migration.checks import ORPHANED_FKS, QUARANTINE, ROW_PARITY
-from d1_migration.resources import D1Source, PostgresTarget
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.sample_data import build_sample_db
 from d1_migration.tables import SCHEMA
@@ -31,8 +31,9 @@ def open_rejects(conn: psycopg.Connection) -> set[tuple[str, str, str]]:
 def test_sample_database_migrates_with_every_row_accounted_for(tmp_path, pg_url):
     sample = build_sample_db(tmp_path / "d1.sqlite", users=60, seed=1)
     d1, target = D1Source(path=str(tmp_path / "d1.sqlite")), PostgresTarget(url=pg_url)
+    sync = SyncSettings(state_dir=str(tmp_path / "sync"))
 
-    summary = materialize_all(d1, target)
+    summary = materialize_all(d1, target, sync=sync)
 
     assert summary.success
     assert set(summary.tables) == {t.name for t in SCHEMA.tables}
@@ -64,10 +65,12 @@ def test_sample_database_migrates_with_every_row_accounted_for(tmp_path, pg_url)
         uuid_for(u) for u in sample.drifted_wallet_users
     }
 
-    again = materialize_all(d1, target)
+    again = materialize_all(d1, target, sync=sync)
     assert again.success
     for name, meta in again.tables.items():
         assert (meta["inserted"], meta["updated"], meta["deleted"]) == (0, 0, 0), name
+        assert meta["mode"] == "incremental", name
+    assert all(c.passed for c in again.checks if c.check == ROW_PARITY)
     with psycopg.connect(pg_url) as conn:
         assert open_rejects(conn) == expected
         assert conn.execute("SELECT count(*) FROM d1_migration.rejected_rows").fetchone()[0] == len(
@@ -76,7 +79,11 @@ def test_sample_database_migrates_with_every_row_accounted_for(tmp_path, pg_url)
 
 
 def test_real_schema_with_seed_rows(real_d1, pg_url):
-    summary = materialize_all(D1Source(path=str(real_d1)), PostgresTarget(url=pg_url))
+    summary = materialize_all(
+        D1Source(path=str(real_d1)),
+        PostgresTarget(url=pg_url),
+        sync=SyncSettings(state_dir=str(real_d1.parent / "sync")),
+    )
 
     assert summary.success
     assert not summary.failed_checks, summary.failed_checks

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -262,3 +263,32 @@ def test_any_change_sequence_equals_a_fresh_migration(tmp_path_factory, new_data
         fresh = new_database()
         sync(fresh, source, None, incremental=False, schema=SMALL)
         assert dump(synced, SMALL) == dump(fresh, SMALL)
+
+
+def test_a_sync_killed_midway_is_completed_by_the_next(tmp_path, new_database, monkeypatch):
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=20, seed=9)
+    synced, shadow = new_database(), tmp_path / "shadow.sqlite"
+    sync(synced, source, shadow, incremental=True)
+    user = first(source, "SELECT id FROM users WHERE id IN (SELECT user_id FROM habits) LIMIT 1")
+    mutate(
+        source,
+        [
+            f"UPDATE users SET name = 'Changed' WHERE id = '{user}'",
+            f"UPDATE habits SET name = 'Changed too' WHERE user_id = '{user}'",
+            f"DELETE FROM points_ledger WHERE user_id = '{user}'",
+        ],
+    )
+
+    def die(self):  # Postgres has committed the table; the shadow never hears of it
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(Shadow, "commit", die)
+    with pytest.raises(KeyboardInterrupt):
+        sync(synced, source, shadow, incremental=True)
+    monkeypatch.undo()
+
+    sync(synced, source, shadow, incremental=True)
+    fresh = new_database()
+    sync(fresh, source, None, incremental=False)
+    assert dump(synced) == dump(fresh)

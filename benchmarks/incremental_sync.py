@@ -1,0 +1,121 @@
+"""Re-sync benchmark: a no-change re-sync and a 1%-change re-sync against the full migration.
+
+    python benchmarks/incremental_sync.py --users 10000
+
+Builds (or reuses) the sample database, copies it, migrates the copy into a fresh target, then
+re-syncs it unchanged, then changes 1% of the rows of every table (half updates, a quarter
+inserts, a quarter deletes in tables no other table references, so deletes do not cascade)
+and re-syncs again. All runs go through Dagster exactly as the schedule runs them.
+"""
+
+import argparse
+import contextlib
+import random
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from benchmarks.full_migration import recreate
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.runner import RunSummary, materialize_all
+from d1_migration.sample_data import build_sample_db
+from d1_migration.spec import Kind
+from d1_migration.tables import SCHEMA
+
+
+def change_one_percent(path: Path, seed: int) -> int:
+    """Mixed inserts, updates and deletes on 1% of each table's rows; returns rows changed."""
+    rng = random.Random(seed)
+    changed = 0
+    referenced = {p for t in SCHEMA.tables for p in t.parents}
+    with sqlite3.connect(path, isolation_level=None) as d1:
+        d1.execute("PRAGMA foreign_keys = ON")
+        d1.execute("BEGIN")
+        for table in SCHEMA.tables:
+            rowids = [r[0] for r in d1.execute(f'SELECT rowid FROM "{table.name}"')]
+            picked = rng.sample(rowids, len(rowids) // 100)
+            quarter = len(picked) // 4
+            stamp = next(
+                (
+                    c.source_name
+                    for c in table.columns
+                    if c.kind is Kind.TIMESTAMPTZ and c.source_name and not c.source_sql
+                ),
+                None,
+            )
+            updates = picked[2 * quarter :] if stamp else []
+            for rowid in updates:
+                d1.execute(
+                    f'UPDATE "{table.name}" SET "{stamp}" = ? WHERE rowid = ?',
+                    ["2026-03-01T00:00:00Z", rowid],
+                )
+            if table.name not in referenced:
+                for rowid in picked[:quarter]:
+                    d1.execute(f'DELETE FROM "{table.name}" WHERE rowid = ?', [rowid])
+            if (
+                table.primary_key == ("id",)
+                and not table.uniques
+                and not any(c.unique for c in table.columns)
+            ):
+                cols = [r[1] for r in d1.execute(f'PRAGMA table_info("{table.name}")')]
+                rest = ", ".join(f'"{c}"' for c in cols if c != "id")
+                for rowid in picked[quarter : 2 * quarter]:
+                    with contextlib.suppress(sqlite3.IntegrityError):  # copies of orphans
+                        d1.execute(
+                            f'INSERT INTO "{table.name}" (id, {rest}) SELECT '
+                            f"'bench-' || id, {rest} FROM \"{table.name}\" WHERE rowid = ?",
+                            [rowid],
+                        )
+            changed += len(picked)
+        d1.execute("COMMIT")
+    return changed
+
+
+def timed(label: str, run: callable) -> tuple[float, RunSummary]:
+    started = time.perf_counter()
+    summary = run()
+    seconds = time.perf_counter() - started
+    modes = sorted({m["mode"] for m in summary.tables.values()})
+    changes = sum(m["inserted"] + m["updated"] + m["deleted"] for m in summary.tables.values())
+    failed = [f"{c.asset}:{c.check}" for c in summary.failed_checks if c.check == "row_parity"]
+    print(
+        f"{label}: {seconds:.1f} s, modes {modes}, {changes} target rows changed, "
+        f"row_parity failures {failed or 'none'}, success={summary.success}"
+    )
+    return seconds, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--target", default="postgresql://postgres@127.0.0.1:5432/d1_bench_sync")
+    parser.add_argument("--workdir", default=".d1_migration/bench")
+    args = parser.parse_args()
+
+    workdir = Path(args.workdir)
+    pristine = workdir / f"d1_{args.users}_0.sqlite"
+    if not pristine.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        build_sample_db(pristine, users=args.users, seed=0)
+    source = workdir / "d1_sync_bench.sqlite"
+    shutil.copy(pristine, source)
+    shutil.rmtree(workdir / "sync_state", ignore_errors=True)
+    recreate(args.target)
+    d1, target = D1Source(path=str(source)), PostgresTarget(url=args.target)
+    sync = SyncSettings(mode="incremental", state_dir=str(workdir / "sync_state"))
+
+    full, summary = timed("full migration", lambda: materialize_all(d1, target, sync=sync))
+    rows = sum(m["source_rows"] for m in summary.tables.values())
+    quiet, _ = timed("re-sync, no change", lambda: materialize_all(d1, target, sync=sync))
+    changed = change_one_percent(source, seed=1)
+    print(f"changed {changed} of {rows} source rows ({100 * changed / rows:.2f}%)")
+    busy, _ = timed("re-sync, 1% changed", lambda: materialize_all(d1, target, sync=sync))
+    print(
+        f"no change: {100 * quiet / full:.1f}% of the full migration; "
+        f"1% changed: {100 * busy / full:.1f}%"
+    )
+
+
+if __name__ == "__main__":
+    main()

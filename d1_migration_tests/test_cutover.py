@@ -1,0 +1,96 @@
+"""The cutover gate on real SQLite and real Postgres: ready only when D1 is quiet and clean."""
+
+import sqlite3
+
+from dagster import DagsterInstance
+
+from d1_migration import cutover
+from d1_migration.cli import main
+from d1_migration.cutover import build_cutover_job, cutover_check
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.sample_data import build_sample_db, sqlite_ddl
+from d1_migration.tables import SCHEMA
+
+CLEAN_ROWS = [
+    "INSERT INTO users (id, email, created_at, updated_at) VALUES ('u1', 'a@x', "
+    "'2026-01-06 10:00:00', '2026-01-06 10:00:00')",
+    "INSERT INTO user_wallet (id, user_id, coins, xp) VALUES ('w1', 'u1', 15, 7)",
+    "INSERT INTO points_ledger (id, user_id, event_type, coins, xp) VALUES "
+    "('l1', 'u1', 'focus', 10, 5), ('l2', 'u1', 'quest', 5, 2)",
+]
+
+
+def clean_d1(path) -> None:
+    with sqlite3.connect(path) as d1:
+        d1.executescript(sqlite_ddl(SCHEMA))
+        for statement in CLEAN_ROWS:
+            d1.execute(statement)
+
+
+def test_quiet_clean_database_is_ready(tmp_path, pg_url, monkeypatch, capsys):
+    clean_d1(tmp_path / "d1.sqlite")
+    monkeypatch.setenv("D1_MIGRATION_SOURCE", str(tmp_path / "d1.sqlite"))
+    monkeypatch.setenv("D1_MIGRATION_TARGET_URL", pg_url)
+    monkeypatch.setenv("D1_MIGRATION_STATE_DIR", str(tmp_path / "sync"))
+
+    assert main(["cutover-check"]) == 0
+    out = capsys.readouterr().out
+    assert "READY for cutover" in out and "NOT READY" not in out
+    assert "points_ledger" in out
+
+
+def test_quarantine_and_drift_block_cutover(tmp_path, pg_url):
+    sample = build_sample_db(tmp_path / "d1.sqlite", users=20, seed=2)
+    verdict = cutover_check(
+        D1Source(path=str(tmp_path / "d1.sqlite")),
+        PostgresTarget(url=pg_url),
+        SyncSettings(state_dir=str(tmp_path / "sync")),
+        SCHEMA,
+    )
+    assert not verdict.ready
+    text = "\n".join(verdict.reasons)
+    assert "pg/user_wallet wallet_matches_ledger" in text
+    for table in {r.table for r in sample.rejects}:
+        assert f"pg/{table} quarantine" in text
+    assert "still changing" not in text  # nobody wrote to D1 between the two syncs
+    assert verdict.tables["points_ledger"]["source_rows"] == sample.row_counts["points_ledger"]
+
+
+def test_a_busy_d1_blocks_cutover(tmp_path, pg_url, monkeypatch):
+    source = tmp_path / "d1.sqlite"
+    clean_d1(source)
+    calls = []
+    real_sync_all = cutover.sync_all
+
+    def app_still_writing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # between the final sync and the quiet check
+            with sqlite3.connect(source) as d1:
+                d1.execute("UPDATE users SET name = 'late write' WHERE id = 'u1'")
+        return real_sync_all(*args, **kwargs)
+
+    monkeypatch.setattr(cutover, "sync_all", app_still_writing)
+    verdict = cutover_check(
+        D1Source(path=str(source)),
+        PostgresTarget(url=pg_url),
+        SyncSettings(state_dir=str(tmp_path / "sync")),
+        SCHEMA,
+    )
+    assert not verdict.ready
+    assert any("still changing" in r and "'users': 1" in r for r in verdict.reasons)
+
+
+def test_cutover_job_fails_when_not_ready(tmp_path, pg_url):
+    build_sample_db(tmp_path / "d1.sqlite", users=15, seed=4)
+    result = build_cutover_job(SCHEMA).execute_in_process(
+        resources={
+            "d1": D1Source(path=str(tmp_path / "d1.sqlite")),
+            "postgres": PostgresTarget(url=pg_url),
+            "sync": SyncSettings(state_dir=str(tmp_path / "sync")),
+        },
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "NOT READY for cutover" in str(failure.event_specific_data.error)
