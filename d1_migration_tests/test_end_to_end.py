@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from d1_migration import assets
 from d1_migration.checks import ORPHANED_FKS, QUARANTINE, ROW_PARITY
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
@@ -164,3 +165,26 @@ def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "wallet_matches_ledger" in out and "Quarantined rows by reason" in out
     assert "peak memory" in out
+
+
+def test_a_failing_table_skips_only_its_descendants(tmp_path, pg_url, monkeypatch):
+    build_sample_db(tmp_path / "d1.sqlite", users=15, seed=6)
+    real = assets.migrate_table
+
+    def habits_break(conn, snapshot, table, *args, **kwargs):
+        if table.name == "habits":
+            raise RuntimeError("disk full")
+        return real(conn, snapshot, table, *args, **kwargs)
+
+    monkeypatch.setattr(assets, "migrate_table", habits_break)
+    summary = materialize_all(
+        D1Source(path=str(tmp_path / "d1.sqlite")),
+        PostgresTarget(url=pg_url),
+        sync=SyncSettings(state_dir=str(tmp_path / "sync")),
+    )
+    assert not summary.success
+    assert "habits" not in summary.tables and "habit_logs" not in summary.tables
+    assert {"users", "focus_sessions", "points_ledger"} <= set(summary.tables)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM habits").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM focus_sessions").fetchone()[0] > 0
