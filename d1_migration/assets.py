@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from d1_migration.ddl import ensure_schema, load_order
+from d1_migration.drift import schema_drift
 from d1_migration.load import TableResult, ancestors, migrate_table
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.shadow import Shadow
@@ -102,6 +103,16 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
     ) -> Iterator[MaterializeResult]:
         selected = context.selected_asset_keys
         failed: set[str] = set()
+        with d1.snapshot() as snapshot:  # before any data moves
+            drift = schema_drift(snapshot, schema, tuple(d1.skip_tables))
+        if drift.skipped:
+            context.log.info(f"D1 tables not migrated (internal): {', '.join(drift.skipped)}")
+        if drift:
+            raise Failure(
+                description="D1's schema differs from the table spec; nothing was loaded:\n"
+                + "\n".join(f"- {problem}" for problem in drift.problems),
+                metadata={"schema_drift": MetadataValue.json(drift.problems)},
+            )
         with postgres.connect() as conn:
             ensure_schema(conn, schema)
             shadow_path = sync.shadow_path(conn)

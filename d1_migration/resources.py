@@ -17,6 +17,7 @@ from dagster import ConfigurableResource
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field
 
+from d1_migration.export import replayed_path
 from d1_migration.source import Snapshot, SqliteSource
 
 log = logging.getLogger(__name__)
@@ -26,21 +27,34 @@ EMBEDDED_DATABASE = "d1_target"
 
 
 class D1Source(ConfigurableResource):
-    """The D1 database: a SQLite file (a copy of production, or wrangler's local state file)."""
+    """The D1 database: a SQLite file (a copy of production, or wrangler's local state file),
+    or a `wrangler d1 export` .sql file."""
 
     path: str = Field(
         default=str(DEFAULT_WORKDIR / "demo.sqlite"),
-        description="Path to the D1 SQLite file (env D1_MIGRATION_SOURCE).",
+        description="Path to the D1 SQLite file or .sql export (env D1_MIGRATION_SOURCE).",
+    )
+    export_cache_dir: str = Field(
+        default=str(DEFAULT_WORKDIR / "exports"),
+        description="Where a .sql export is replayed into SQLite (once per version of the file).",
+    )
+    skip_tables: list[str] = Field(
+        default=[],
+        description="More D1 tables (glob patterns) not to migrate, besides D1's internal "
+        "_cf_*, sqlite_* and d1_migrations.",
     )
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
-        if not Path(self.path).is_file():
+        path = Path(self.path)
+        if not path.is_file():
             raise FileNotFoundError(
-                f"No D1 database at {self.path}. Set D1_MIGRATION_SOURCE to your D1 SQLite file, "
-                "or run `d1-migration demo` to build a sample one."
+                f"No D1 database at {self.path}. Set D1_MIGRATION_SOURCE to your D1 SQLite file "
+                "or `wrangler d1 export` file, or run `d1-migration demo` to build a sample."
             )
-        with SqliteSource(self.path).snapshot() as snapshot:
+        if path.suffix.lower() == ".sql":
+            path = replayed_path(path, Path(self.export_cache_dir))
+        with SqliteSource(path).snapshot() as snapshot:
             yield snapshot
 
 

@@ -22,6 +22,7 @@ class RunSummary:
     success: bool
     tables: dict[str, dict]  # asset metadata per table
     checks: list[CheckOutcome]
+    failure: str = ""  # what failed steps said
 
     def check(self, table: str, name: str) -> CheckOutcome:
         return next(c for c in self.checks if c.asset == f"pg/{table}" and c.check == name)
@@ -50,7 +51,12 @@ def summarize(result: ExecuteInProcessResult) -> RunSummary:
                 metadata={k: v.value for k, v in evaluation.metadata.items()},
             )
         )
-    return RunSummary(result.success, tables, checks)
+    failure = "\n".join(
+        str(event.event_specific_data.error.message)
+        for event in result.all_events
+        if event.event_type_value == "STEP_FAILURE"
+    )
+    return RunSummary(result.success, tables, checks, failure)
 
 
 def materialize_all(

@@ -5,72 +5,18 @@ would (with SQLite's foreign keys on, so deletes cascade as in D1), re-syncs inc
 and compares every table and the quarantine with a full migration into an empty database.
 """
 
-import contextlib
 import sqlite3
-from pathlib import Path
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d1_migration.ddl import ensure_schema, load_order, q
-from d1_migration.load import TableResult, migrate_table
 from d1_migration.sample_data import build_sample_db, sqlite_ddl
 from d1_migration.shadow import Shadow
-from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema
 from d1_migration.tables import SCHEMA
-
-
-def sync(
-    url: str, source: Path, shadow: Path | None, incremental: bool, schema: Schema = SCHEMA
-) -> dict[str, TableResult]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        ensure_schema(conn, SCHEMA)
-        with SqliteSource(source).snapshot() as snapshot:
-            kept = Shadow(snapshot, shadow) if shadow else None
-            return {
-                t.name: migrate_table(
-                    conn, snapshot, t, SCHEMA, shadow=kept, incremental=incremental
-                )
-                for t in load_order(SCHEMA)
-                if t in schema.tables
-            }
-
-
-def dump(url: str, schema: Schema = SCHEMA) -> dict:
-    """Every target row and every open quarantine entry, in a comparable form."""
-    with psycopg.connect(url) as conn:
-        out = {
-            t.name: sorted(map(repr, conn.execute(f"SELECT * FROM {q(t.name)}")))
-            for t in schema.tables
-        }
-        out["quarantine"] = sorted(
-            map(
-                repr,
-                conn.execute(
-                    "SELECT source_table, source_pk, target_pk, column_name, reason_code, reason, "
-                    "raw_row FROM d1_migration.rejected_rows WHERE resolved_at IS NULL"
-                ),
-            )
-        )
-        out["id_map"] = sorted(map(repr, conn.execute("SELECT * FROM d1_migration.id_map")))
-    return out
-
-
-def mutate(path: Path, statements: list[str]) -> None:
-    """Apply changes as the app would; one that D1 refuses (a FK, a UNIQUE) does not happen."""
-    with sqlite3.connect(path, isolation_level=None) as d1:
-        d1.execute("PRAGMA foreign_keys = ON")
-        for statement in statements:
-            with contextlib.suppress(sqlite3.IntegrityError):
-                d1.execute(statement)
-
-
-def first(path: Path, sql: str) -> object:
-    with sqlite3.connect(path) as d1:
-        return d1.execute(sql).fetchone()[0]
+from d1_migration_tests.helpers import dump, first, mutate, sync
 
 
 def test_unchanged_source_is_a_no_op(tmp_path, pg_url):

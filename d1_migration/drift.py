@@ -1,0 +1,70 @@
+"""Schema drift: D1 as it is now against the table spec, checked before any data moves.
+
+A column the spec does not know would be dropped without a trace, and one the spec expects
+but D1 lacks would fail mid-load; both stop the run instead, with the change to make.
+"""
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from d1_migration.ddl import q
+from d1_migration.source import Snapshot
+from d1_migration.spec import Schema
+
+# D1's and SQLite's own tables: never app data.
+INTERNAL_TABLES = ("_cf_*", "sqlite_*", "d1_migrations")
+
+
+@dataclass
+class Drift:
+    problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # internal tables, not migrated
+
+    def __bool__(self) -> bool:
+        return bool(self.problems)
+
+
+def schema_drift(snapshot: Snapshot, schema: Schema, skip: tuple[str, ...] = ()) -> Drift:
+    conn = snapshot.connection
+    patterns = INTERNAL_TABLES + tuple(skip)
+    names = snapshot.table_names()
+    drift = Drift(skipped=sorted(n for n in names if _matches(n, patterns)))
+    known = {t.name for t in schema.tables}
+    for name in sorted(set(names) - known - set(drift.skipped)):
+        drift.problems.append(
+            f"unknown table {name}: D1 has it, the spec does not; declare it in "
+            f"d1_migration/tables.py, or skip it (D1Source skip_tables)"
+        )
+    for table in schema.tables:
+        if table.name not in names:
+            drift.problems.append(
+                f"missing table {table.name}: the spec expects it, D1 has none; remove it "
+                "from d1_migration/tables.py or point D1_MIGRATION_SOURCE at the right database"
+            )
+            continue
+        actual = {
+            r[1].decode(): r[2].decode().upper()
+            for r in conn.execute(f"PRAGMA main.table_info({q(table.name)})")
+        }
+        expected = {c.source_name: c.source_type for c in table.columns if c.source_name}
+        for column in sorted(set(actual) - set(expected)):
+            drift.problems.append(
+                f"added column {table.name}.{column} ({actual[column] or 'no type'}): declare "
+                f"it on {table.name} in d1_migration/tables.py"
+            )
+        for column in sorted(set(expected) - set(actual)):
+            drift.problems.append(
+                f"removed column {table.name}.{column}: D1 no longer has it; remove it (or "
+                f"mark it added=True) in d1_migration/tables.py"
+            )
+        for column in sorted(set(expected) & set(actual)):
+            if actual[column] != expected[column]:
+                drift.problems.append(
+                    f"retyped column {table.name}.{column}: D1 declares {actual[column]}, the "
+                    f"spec reads {expected[column]}; update its kind in d1_migration/tables.py"
+                )
+    return drift
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

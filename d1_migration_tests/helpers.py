@@ -1,0 +1,59 @@
+"""Helpers shared by the source and re-sync tests: sync into Postgres, dump it, change D1."""
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import psycopg
+
+from d1_migration.ddl import q
+from d1_migration.load import TableResult, sync_all
+from d1_migration.shadow import Shadow
+from d1_migration.source import SqliteSource
+from d1_migration.spec import Schema
+from d1_migration.tables import SCHEMA
+
+
+def sync(
+    url: str, source: Path, shadow: Path | None, incremental: bool, schema: Schema = SCHEMA
+) -> dict[str, TableResult]:
+    """Every table of ``schema`` (a subset of the spec, for speed) from a SQLite file."""
+    with psycopg.connect(url, autocommit=True) as conn, SqliteSource(source).snapshot() as snap:
+        kept = Shadow(snap, shadow) if shadow else None
+        return sync_all(
+            conn, snap, SCHEMA, kept, incremental, tables=[t.name for t in schema.tables]
+        )
+
+
+def dump(url: str, schema: Schema = SCHEMA) -> dict:
+    """Every target row and every open quarantine entry, in a comparable form."""
+    with psycopg.connect(url) as conn:
+        out = {
+            t.name: sorted(map(repr, conn.execute(f"SELECT * FROM {q(t.name)}")))
+            for t in schema.tables
+        }
+        out["quarantine"] = sorted(
+            map(
+                repr,
+                conn.execute(
+                    "SELECT source_table, source_pk, target_pk, column_name, reason_code, reason, "
+                    "raw_row FROM d1_migration.rejected_rows WHERE resolved_at IS NULL"
+                ),
+            )
+        )
+        out["id_map"] = sorted(map(repr, conn.execute("SELECT * FROM d1_migration.id_map")))
+    return out
+
+
+def mutate(path: Path, statements: list[str]) -> None:
+    """Apply changes as the app would; one that D1 refuses (a FK, a UNIQUE) does not happen."""
+    with sqlite3.connect(path, isolation_level=None) as d1:
+        d1.execute("PRAGMA foreign_keys = ON")
+        for statement in statements:
+            with contextlib.suppress(sqlite3.IntegrityError):
+                d1.execute(statement)
+
+
+def first(path: Path, sql: str) -> object:
+    with sqlite3.connect(path) as d1:
+        return d1.execute(sql).fetchone()[0]
