@@ -15,6 +15,7 @@ from d1_migration.ddl import BOOKKEEPING_SCHEMA, ensure_schema
 from d1_migration.load import TableResult, sync_all
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.shadow import Shadow
+from d1_migration.source import Snapshot
 from d1_migration.spec import Schema
 
 
@@ -49,6 +50,16 @@ def _changes(result: TableResult) -> int:
     return result.inserted + result.updated + result.deleted
 
 
+def _checks(conn: psycopg.Connection, snapshot: Snapshot, schema: Schema) -> list:
+    results: list[AssetCheckResult] = [wallet_drift(conn)]
+    for table in schema.tables:
+        results.append(row_parity(conn, snapshot, table))
+        if table.foreign_keys:
+            results.append(orphaned_fks(conn, table))
+        results.append(quarantine_summary(conn, table))
+    return results
+
+
 def cutover_check(
     d1: D1Source,
     postgres: PostgresTarget,
@@ -57,24 +68,23 @@ def cutover_check(
     run_id: str | None = None,
 ) -> Verdict:
     reasons: list[str] = []
-    with postgres.connect() as conn, d1.snapshot() as snapshot:
+    with postgres.connect() as conn:
         ensure_schema(conn, schema)
-        shadow = Shadow(snapshot, sync.shadow_path(conn))
-        final = sync_all(conn, snapshot, schema, shadow, incremental=True, run_id=run_id)
+        with d1.snapshot() as snapshot:
+            shadow = Shadow(snapshot, sync.shadow_path(conn))
+            final = sync_all(conn, snapshot, schema, shadow, incremental=True, run_id=run_id)
         quarantine_before = _open_quarantine(conn)
-        quiet = sync_all(conn, snapshot, schema, shadow, incremental=True, run_id=run_id)
+        d1.refresh()  # the second sync must see D1 as it is now (a live source is re-copied)
+        with d1.snapshot() as snapshot:
+            shadow = Shadow(snapshot, sync.shadow_path(conn))
+            quiet = sync_all(conn, snapshot, schema, shadow, incremental=True, run_id=run_id)
+            results = _checks(conn, snapshot, schema)
         busy = {name: _changes(r) for name, r in quiet.items() if _changes(r)}
         if busy:
             reasons.append(f"D1 is still changing: a second sync changed {busy}")
         if _open_quarantine(conn) != quarantine_before:
             reasons.append("D1 is still changing: the quarantine changed on a second sync")
 
-        results: list[AssetCheckResult] = [wallet_drift(conn)]
-        for table in schema.tables:
-            results.append(row_parity(conn, snapshot, table))
-            if table.foreign_keys:
-                results.append(orphaned_fks(conn, table))
-            results.append(quarantine_summary(conn, table))
         for result in results:
             if not result.passed:
                 detail = {

@@ -21,24 +21,26 @@ from d1_migration.tables import SCHEMA
 SOURCE_ENV = "D1_MIGRATION_SOURCE"
 TARGET_ENV = "D1_MIGRATION_TARGET_URL"
 STATE_DIR_ENV = "D1_MIGRATION_STATE_DIR"
+TOKEN_ENV = "CLOUDFLARE_API_TOKEN"
 CRON_ENV = "D1_MIGRATION_SYNC_CRON"
 DEFAULT_CRON = "*/10 * * * *"
 # dagster.yaml limits runs carrying this tag to one at a time: syncs queue, never overlap.
 SYNC_TAG = {"d1_migration/sync": "target"}
 
 
+def _from_env(**fields: str) -> dict:
+    """Resource fields bound to the environment variables that are set (EnvVar keeps their
+    values out of the UI); fields whose variable is unset keep their defaults."""
+    return {field: EnvVar(name) for field, name in fields.items() if os.environ.get(name)}
+
+
 def build_resources() -> dict:
-    """EnvVar keeps values out of the UI; unset variables fall back to the demo/embedded setup."""
-    d1 = D1Source(path=EnvVar(SOURCE_ENV)) if os.environ.get(SOURCE_ENV) else D1Source()
-    postgres = (
-        PostgresTarget(url=EnvVar(TARGET_ENV)) if os.environ.get(TARGET_ENV) else PostgresTarget()
-    )
-    sync = (
-        SyncSettings(state_dir=EnvVar(STATE_DIR_ENV))
-        if os.environ.get(STATE_DIR_ENV)
-        else SyncSettings()
-    )
-    return {"d1": d1, "postgres": postgres, "sync": sync}
+    """Unset variables fall back to the demo source and the embedded Postgres."""
+    return {
+        "d1": D1Source(**_from_env(path=SOURCE_ENV, api_token=TOKEN_ENV)),
+        "postgres": PostgresTarget(**_from_env(url=TARGET_ENV)),
+        "sync": SyncSettings(**_from_env(state_dir=STATE_DIR_ENV)),
+    }
 
 
 def _sync_mode(mode: str) -> dict:

@@ -7,6 +7,7 @@ it; with no URL an embedded PostgreSQL (pgserver) is started in a project-local 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Literal
 import psycopg
 from dagster import ConfigurableResource
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
+from d1_migration.d1_api import DEFAULT_API_BASE, D1Api, D1Database, copy_database
 from d1_migration.export import replayed_path
 from d1_migration.source import Snapshot, SqliteSource
 
@@ -28,7 +30,7 @@ EMBEDDED_DATABASE = "d1_target"
 
 class D1Source(ConfigurableResource):
     """The D1 database: a SQLite file (a copy of production, or wrangler's local state file),
-    or a `wrangler d1 export` .sql file."""
+    a `wrangler d1 export` .sql file, or the live database as d1://<account_id>/<database_id>."""
 
     path: str = Field(
         default=str(DEFAULT_WORKDIR / "demo.sqlite"),
@@ -44,8 +46,47 @@ class D1Source(ConfigurableResource):
         "_cf_*, sqlite_* and d1_migrations.",
     )
 
+    api_token: str | None = Field(
+        default=None,
+        description="Cloudflare API token for d1:// sources (env CLOUDFLARE_API_TOKEN).",
+    )
+    api_base_url: str = Field(default=DEFAULT_API_BASE, description="Cloudflare API base URL.")
+    _copy: dict | None = PrivateAttr(default=None)
+
+    def live_copy(self) -> dict:
+        """A d1:// source is copied once per run into a local file; facts include the Time
+        Travel bookmark of the copied state."""
+        if self._copy is None:
+            database = D1Database.parse(self.path)
+            token = self.api_token or os.environ.get("CLOUDFLARE_API_TOKEN")
+            if not token:
+                raise ValueError("A d1:// source needs CLOUDFLARE_API_TOKEN")
+            local = Path(self.export_cache_dir) / f"d1-{database.database_id}.sqlite"
+            facts = copy_database(D1Api(database, token, self.api_base_url), local)
+            log.info(
+                "Copied live D1 %s at Time Travel bookmark %s",
+                database.database_id,
+                facts["bookmark"],
+            )
+            self._copy = {"path": local, **facts}
+        return self._copy
+
+    def refresh(self) -> None:
+        """Forget the copy of a live source, so that the next snapshot copies D1 again."""
+        self._copy = None
+
+    def run_metadata(self) -> dict:
+        """What to record about the source state a run copied (the bookmark, for d1://)."""
+        return (
+            {"d1_bookmark": self.live_copy()["bookmark"]} if self.path.startswith("d1://") else {}
+        )
+
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
+        if self.path.startswith("d1://"):
+            with SqliteSource(self.live_copy()["path"]).snapshot() as snapshot:
+                yield snapshot
+            return
         path = Path(self.path)
         if not path.is_file():
             raise FileNotFoundError(
