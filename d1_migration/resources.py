@@ -6,10 +6,12 @@ it; with no URL an embedded PostgreSQL (pgserver) is started in a project-local 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -53,40 +55,30 @@ class D1Source(ConfigurableResource):
     api_base_url: str = Field(default=DEFAULT_API_BASE, description="Cloudflare API base URL.")
     _copy: dict | None = PrivateAttr(default=None)
 
-    def live_copy(self) -> dict:
-        """A d1:// source is copied once per run into a local file; facts include the Time
-        Travel bookmark of the copied state."""
+    def run_copy(self) -> dict:
+        """The SQLite file this run reads, settled once per run so that every table is read
+        from one consistent state: live D1 copied through the API (with the Time Travel
+        bookmark of what was copied), an export replayed, a file in WAL mode (perhaps being
+        written, like wrangler's local state) copied with SQLite's backup API, or the file."""
         if self._copy is None:
+            self._copy = self._settle()
+        return self._copy
+
+    def _settle(self) -> dict:
+        cache = Path(self.export_cache_dir)
+        if self.path.startswith("d1://"):
             database = D1Database.parse(self.path)
             token = self.api_token or os.environ.get("CLOUDFLARE_API_TOKEN")
             if not token:
                 raise ValueError("A d1:// source needs CLOUDFLARE_API_TOKEN")
-            local = Path(self.export_cache_dir) / f"d1-{database.database_id}.sqlite"
+            local = cache / f"d1-{database.database_id}.sqlite"
             facts = copy_database(D1Api(database, token, self.api_base_url), local)
             log.info(
                 "Copied live D1 %s at Time Travel bookmark %s",
                 database.database_id,
                 facts["bookmark"],
             )
-            self._copy = {"path": local, **facts}
-        return self._copy
-
-    def refresh(self) -> None:
-        """Forget the copy of a live source, so that the next snapshot copies D1 again."""
-        self._copy = None
-
-    def run_metadata(self) -> dict:
-        """What to record about the source state a run copied (the bookmark, for d1://)."""
-        return (
-            {"d1_bookmark": self.live_copy()["bookmark"]} if self.path.startswith("d1://") else {}
-        )
-
-    @contextmanager
-    def snapshot(self) -> Iterator[Snapshot]:
-        if self.path.startswith("d1://"):
-            with SqliteSource(self.live_copy()["path"]).snapshot() as snapshot:
-                yield snapshot
-            return
+            return {"path": local, "bookmark": facts["bookmark"]}
         path = Path(self.path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -94,9 +86,43 @@ class D1Source(ConfigurableResource):
                 "or `wrangler d1 export` file, or run `d1-migration demo` to build a sample."
             )
         if path.suffix.lower() == ".sql":
-            path = replayed_path(path, Path(self.export_cache_dir))
-        with SqliteSource(path).snapshot() as snapshot:
+            return {"path": replayed_path(path, cache)}
+        if journal_mode(path) == "wal":
+            return {"path": backup(path, cache)}
+        return {"path": path}
+
+    def refresh(self) -> None:
+        """Forget this run's copy, so that the next snapshot reads D1 as it is now."""
+        self._copy = None
+
+    def run_metadata(self) -> dict:
+        """What to record about the source state a run copied (the bookmark, for d1://)."""
+        copy = self.run_copy()
+        return {"d1_bookmark": copy["bookmark"]} if "bookmark" in copy else {}
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        with SqliteSource(self.run_copy()["path"]).snapshot() as snapshot:
             yield snapshot
+
+
+def journal_mode(path: Path) -> str:
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
+
+
+def backup(path: Path, cache: Path) -> Path:
+    """A consistent copy of a database that may be being written (SQLite's online backup)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    target = (
+        cache / f"snapshot-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.sqlite"
+    )
+    with (
+        closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as source,
+        closing(sqlite3.connect(target)) as copy,
+    ):
+        source.backup(copy)
+    return target
 
 
 def embedded_postgres_url(workdir: Path, database: str = EMBEDDED_DATABASE) -> str:

@@ -2,6 +2,8 @@
 
 import math
 import sqlite3
+import threading
+import time
 
 import psycopg
 import pytest
@@ -109,3 +111,49 @@ def test_schema_drift_stops_the_run_before_any_load(tmp_path, pg_url):
     with psycopg.connect(pg_url) as conn:
         loaded = conn.execute("SELECT to_regclass('public.users') IS NOT NULL").fetchone()[0]
     assert not loaded  # nothing moved, not even the schema
+
+
+def test_a_wal_database_being_written_is_read_from_one_consistent_state(tmp_path, pg_url):
+    database = tmp_path / "wrangler-state.sqlite"
+    build_sample_db(database, users=15, seed=11)
+    with sqlite3.connect(database) as d1:
+        d1.execute("PRAGMA journal_mode = WAL")
+        user = d1.execute("SELECT id FROM users WHERE created_at LIKE '2%' LIMIT 1").fetchone()[0]
+    stop = threading.Event()
+
+    def app_writing() -> None:  # each habit and its first log land in one transaction
+        with sqlite3.connect(database, isolation_level=None) as d1:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                d1.execute("BEGIN")
+                d1.execute(
+                    "INSERT INTO habits (id, user_id, name) VALUES (?, ?, 'h')",
+                    [f"live-h{n}", user],
+                )
+                d1.execute(
+                    "INSERT INTO habit_logs (id, habit_id, user_id, completed_at) VALUES "
+                    "(?, ?, ?, '2026-01-06 10:00:00')",
+                    [f"live-l{n}", f"live-h{n}", user],
+                )
+                d1.execute("COMMIT")
+
+    writer = threading.Thread(target=app_writing)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        summary = materialize_all(
+            D1Source(path=str(database), export_cache_dir=str(tmp_path / "copies")),
+            PostgresTarget(url=pg_url),
+            sync=SyncSettings(state_dir=str(tmp_path / "sync")),
+        )
+    finally:
+        stop.set()
+        writer.join()
+    assert summary.success
+    with psycopg.connect(pg_url) as conn:
+        live = conn.execute("SELECT count(*) FROM habits WHERE name = 'h'").fetchone()[0]
+        orphans = conn.execute(
+            "SELECT count(*) FROM d1_migration.rejected_rows WHERE source_pk LIKE 'live-%'"
+        ).fetchone()[0]
+    assert live > 0 and orphans == 0  # every live habit_log arrived with its habit
