@@ -145,7 +145,11 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                     )
                 yield MaterializeResult(
                     asset_key=target_key(table.name),
-                    metadata={**_metadata(result, postgres.describe()), **d1.run_metadata()},
+                    metadata={
+                        **_metadata(result, postgres.describe()),
+                        **d1.run_metadata(),
+                        "d1_internal_tables_skipped": MetadataValue.json(drift.skipped),
+                    },
                 )
         if failed:
             raise Failure(f"{len(failed)} table(s) not synced: {', '.join(sorted(failed))}")

@@ -20,12 +20,14 @@ from dagster import (
     multi_asset_check,
 )
 
-from d1_migration.assets import target_key
+from d1_migration.assets import source_key, target_key
 from d1_migration.ddl import BOOKKEEPING_SCHEMA, q
+from d1_migration.drift import schema_drift
 from d1_migration.resources import D1Source, PostgresTarget
 from d1_migration.source import Snapshot
 from d1_migration.spec import Schema, Table
 
+SCHEMA_MATCHES = "schema_matches_spec"
 ROW_PARITY = "row_parity"
 ORPHANED_FKS = "no_orphaned_fks"
 QUARANTINE = "quarantine"
@@ -146,6 +148,45 @@ def build_table_checks(schema: Schema) -> AssetChecksDefinition:
                     yield quarantine_summary(conn, table)
 
     return table_checks
+
+
+def build_source_checks(schema: Schema) -> AssetChecksDefinition:
+    """Schema drift on each D1 source asset, to run from the UI on its own. (The load step
+    checks the same before any data moves, however the run was started.)"""
+    specs = [
+        AssetCheckSpec(
+            SCHEMA_MATCHES,
+            asset=source_key(t.name),
+            blocking=True,
+            description="D1's columns and declared types are the ones the spec reads",
+        )
+        for t in schema.tables
+    ]
+
+    @multi_asset_check(specs=specs, can_subset=True, name="source_schema_checks")
+    def source_schema_checks(
+        context: AssetCheckExecutionContext, d1: D1Source
+    ) -> Iterator[AssetCheckResult]:
+        with d1.snapshot() as snapshot:
+            drift = schema_drift(snapshot, schema, tuple(d1.skip_tables))
+        unknown = [p for p in drift.problems if p.startswith("unknown table")]
+        for table in schema.tables:
+            key = source_key(table.name)
+            if AssetCheckKey(key, SCHEMA_MATCHES) not in context.selected_asset_check_keys:
+                continue
+            problems = drift.by_table.get(table.name, [])
+            yield AssetCheckResult(
+                asset_key=key,
+                check_name=SCHEMA_MATCHES,
+                passed=not problems,
+                metadata={
+                    "problems": MetadataValue.json(problems),
+                    "unknown_tables_in_d1": MetadataValue.json(unknown),
+                    "skipped_internal_tables": MetadataValue.json(drift.skipped),
+                },
+            )
+
+    return source_schema_checks
 
 
 WALLET_QUERY = """

@@ -53,6 +53,11 @@ class D1Source(ConfigurableResource):
         description="Cloudflare API token for d1:// sources (env CLOUDFLARE_API_TOKEN).",
     )
     api_base_url: str = Field(default=DEFAULT_API_BASE, description="Cloudflare API base URL.")
+    api_page_rows: int = Field(
+        default=1000,
+        description="Rows per API request for d1:// sources: fewer requests against D1's "
+        "1,200 per 5 minutes, but each response must stay under D1's result size cap.",
+    )
     _copy: dict | None = PrivateAttr(default=None)
 
     def run_copy(self) -> dict:
@@ -72,7 +77,8 @@ class D1Source(ConfigurableResource):
             if not token:
                 raise ValueError("A d1:// source needs CLOUDFLARE_API_TOKEN")
             local = cache / f"d1-{database.database_id}.sqlite"
-            facts = copy_database(D1Api(database, token, self.api_base_url), local)
+            api = D1Api(database, token, self.api_base_url)
+            facts = copy_database(api, local, self.api_page_rows)
             log.info(
                 "Copied live D1 %s at Time Travel bookmark %s",
                 database.database_id,

@@ -7,7 +7,10 @@ import time
 
 import psycopg
 import pytest
+from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
+from d1_migration.assets import source_key
+from d1_migration.definitions import ASSET_CHECKS, ASSETS
 from d1_migration.export import ExportError, replay
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
@@ -157,3 +160,41 @@ def test_a_wal_database_being_written_is_read_from_one_consistent_state(tmp_path
             "SELECT count(*) FROM d1_migration.rejected_rows WHERE source_pk LIKE 'live-%'"
         ).fetchone()[0]
     assert live > 0 and orphans == 0  # every live habit_log arrived with its habit
+
+
+def test_source_schema_checks_show_drift_on_each_d1_asset(tmp_path):
+    database = tmp_path / "d1.sqlite"
+    with sqlite3.connect(database) as d1:
+        d1.executescript(sqlite_ddl(SCHEMA))
+        d1.execute("ALTER TABLE users ADD COLUMN nickname TEXT")
+        d1.execute("CREATE TABLE d1_migrations (id INTEGER PRIMARY KEY, name TEXT)")
+    job = define_asset_job(
+        "drift_only",
+        selection=AssetSelection.checks_for_assets(*[source_key(t.name) for t in SCHEMA.tables]),
+    )
+    defs = Definitions(
+        assets=ASSETS,
+        asset_checks=ASSET_CHECKS,
+        jobs=[job],
+        resources={
+            "d1": D1Source(path=str(database)),
+            "postgres": PostgresTarget(url="postgresql://unused"),  # the checks read D1 only
+            "sync": SyncSettings(state_dir=str(tmp_path / "sync")),
+        },
+    )
+    result = defs.resolve_job_def("drift_only").execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    outcomes = {
+        e.event_specific_data.asset_key.path[-1]: e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    assert len(outcomes) == len(SCHEMA.tables)
+    assert not outcomes["users"].passed
+    problems = outcomes["users"].metadata["problems"].value
+    assert problems == [
+        "added column users.nickname (TEXT): declare it on users in d1_migration/tables.py"
+    ]
+    assert all(o.passed for name, o in outcomes.items() if name != "users")
+    assert outcomes["habits"].metadata["skipped_internal_tables"].value == ["d1_migrations"]
