@@ -136,11 +136,9 @@ class TableLoad:
     def collisions(self) -> set[str]:
         """Source rows outside the scope whose target row shares a key value with a staged row;
         they must join the scope so that UNIQUE and PK rules see every contender."""
-        keys = [self.table.primary_key] + [(c.name,) for c in self.table.columns if c.unique]
-        keys += list(self.table.uniques)
         pk = ", ".join(f"t.{q(k)}" for k in self.table.primary_key)
         found: set[str] = set()
-        for cols in keys:
+        for cols in self.table.unique_keys:
             on = " AND ".join(f"t.{q(c)} = s.{q(c)}" for c in cols)
             select = self._identity("t") if self.maps_ids else pk
             for row in self.conn.execute(
@@ -198,9 +196,7 @@ class TableLoad:
 
     def reject_duplicates(self) -> None:
         pk = q(self.table.primary_key[0])
-        keys = [self.table.primary_key] + [(c.name,) for c in self.table.columns if c.unique]
-        keys += list(self.table.uniques)
-        for cols in keys:
+        for cols in self.table.unique_keys:
             quoted = ", ".join(map(q, cols))
             not_null = " AND ".join(f"{q(c)} IS NOT NULL" for c in cols)
             rows = self._delete_returning(
@@ -410,6 +406,9 @@ class TableLoad:
         ).rowcount
 
 
+Counts = tuple[int, int, int, int]  # inserted, updated, removed, remapped ids
+
+
 class NeedsFullLoad(Exception):
     """An incremental load found changes whose effect reaches outside its scope."""
 
@@ -435,7 +434,7 @@ def _ancestor_removed_rows(conn: psycopg.Connection, schema: Schema, table: Tabl
     ).fetchone()[0]
 
 
-def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> tuple[int, int, int, int]:
+def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> Counts:
     conn = load.conn
     conn.execute(f"ANALYZE {load.stage}")
     load.reject_checks()
@@ -443,17 +442,20 @@ def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> tuple[in
     load.reject_orphans()
     load.reject_underived()
     inserted, updated, removed = load.merge()
-    if (
-        load.scoped
-        and removed
-        and load.table.name in (c.parent[0] for c in load.table.foreign_keys)
-    ):
+    if load.scoped and removed and load.table.self_referencing:
         raise NeedsFullLoad  # Postgres may have cascaded to rows of this table outside the scope
     load.record_quarantine(snapshot, run_id)
     return inserted, updated, removed, load.record_id_map()
 
 
-def _full_load(conn, snapshot, table, schema, run_id, batch_rows) -> tuple[TableLoad, tuple]:
+def _full_load(
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    table: Table,
+    schema: Schema,
+    run_id: str | None,
+    batch_rows: int,
+) -> tuple[TableLoad, Counts]:
     load = TableLoad(conn, table, schema)
     load.create_stage()
     load.stage_rows(snapshot, batch_rows)
@@ -461,8 +463,14 @@ def _full_load(conn, snapshot, table, schema, run_id, batch_rows) -> tuple[Table
 
 
 def _incremental_load(
-    conn, snapshot, shadow, table, schema, run_id, batch_rows
-) -> tuple[TableLoad, tuple, list[int], list[list]]:
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    shadow: Shadow,
+    table: Table,
+    schema: Schema,
+    run_id: str | None,
+    batch_rows: int,
+) -> tuple[TableLoad, Counts, list[int], list[list]]:
     changes = shadow.changes(table)
     retry = [
         r[0]

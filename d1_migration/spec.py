@@ -148,6 +148,16 @@ class Table:
         return tuple(seen)
 
     @property
+    def unique_keys(self) -> tuple[tuple[str, ...], ...]:
+        """Every key that must be unique in Postgres: the PK, UNIQUE columns, UNIQUE sets."""
+        single = tuple((c.name,) for c in self.columns if c.unique)
+        return (self.primary_key, *single, *self.uniques)
+
+    @property
+    def self_referencing(self) -> bool:
+        return any(c.parent[0] == self.name for c in self.foreign_keys)
+
+    @property
     def source_pk(self) -> tuple[str, ...]:
         return tuple(self.column(c).source_name or c for c in self.primary_key)
 
