@@ -36,11 +36,13 @@ class D1Source(ConfigurableResource):
 
     path: str = Field(
         default=str(DEFAULT_WORKDIR / "demo.sqlite"),
-        description="Path to the D1 SQLite file or .sql export (env D1_MIGRATION_SOURCE).",
+        description="A D1 SQLite file, a .sql export or d1://<account>/<database> "
+        "(env D1_MIGRATION_SOURCE).",
     )
-    export_cache_dir: str = Field(
-        default=str(DEFAULT_WORKDIR / "exports"),
-        description="Where a .sql export is replayed into SQLite (once per version of the file).",
+    copy_dir: str = Field(
+        default=str(DEFAULT_WORKDIR / "copies"),
+        description="Where a run's copy of the source is kept: a replayed .sql export (once "
+        "per version of the file), live D1 copied through the API, a WAL-mode file's backup.",
     )
     skip_tables: list[str] = Field(
         default=[],
@@ -70,7 +72,7 @@ class D1Source(ConfigurableResource):
         return self._copy
 
     def _settle(self) -> dict:
-        cache = Path(self.export_cache_dir)
+        cache = Path(self.copy_dir)
         if self.path.startswith("d1://"):
             database = D1Database.parse(self.path)
             token = self.api_token or os.environ.get("CLOUDFLARE_API_TOKEN")

@@ -150,7 +150,7 @@ def test_dagster_migrates_from_a_d1_url(tmp_path, pg_url, monkeypatch):
             path="d1://acc1/db1",
             api_token=TOKEN,
             api_base_url=f"http://127.0.0.1:{server.server_address[1]}/client/v4",
-            export_cache_dir=str(tmp_path / "copies"),
+            copy_dir=str(tmp_path / "copies"),
         )
         summary = materialize_all(
             source, PostgresTarget(url=pg_url), sync=SyncSettings(state_dir=str(tmp_path / "sync"))
@@ -180,7 +180,7 @@ def test_cutover_gate_sees_a_live_d1_still_being_written(tmp_path, pg_url, monke
             path="d1://acc1/db1",
             api_token=TOKEN,
             api_base_url=f"http://127.0.0.1:{server.server_address[1]}/client/v4",
-            export_cache_dir=str(tmp_path / "copies"),
+            copy_dir=str(tmp_path / "copies"),
         )
         verdict = cutover.cutover_check(
             source, PostgresTarget(url=pg_url), SyncSettings(state_dir=str(tmp_path / "s")), SCHEMA

@@ -79,7 +79,7 @@ def test_dagster_reads_an_export_given_as_the_source(tmp_path, pg_url):
         d1.execute("CREATE TABLE _cf_KV (key TEXT PRIMARY KEY, value BLOB)")  # D1's own
     write_export(database, export)
     summary = materialize_all(
-        D1Source(path=str(export), export_cache_dir=str(tmp_path / "exports")),
+        D1Source(path=str(export), copy_dir=str(tmp_path / "exports")),
         PostgresTarget(url=pg_url),
         sync=SyncSettings(state_dir=str(tmp_path / "sync")),
     )
@@ -146,7 +146,7 @@ def test_a_wal_database_being_written_is_read_from_one_consistent_state(tmp_path
     try:
         time.sleep(0.2)
         summary = materialize_all(
-            D1Source(path=str(database), export_cache_dir=str(tmp_path / "copies")),
+            D1Source(path=str(database), copy_dir=str(tmp_path / "copies")),
             PostgresTarget(url=pg_url),
             sync=SyncSettings(state_dir=str(tmp_path / "sync")),
         )
