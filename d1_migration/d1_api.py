@@ -30,6 +30,10 @@ DEFAULT_API_BASE = "https://api.cloudflare.com/client/v4"
 class D1ApiError(RuntimeError):
     """The API could not be read; the message never contains the token."""
 
+    def __init__(self, message: str, too_big: bool = False) -> None:
+        super().__init__(message)
+        self.too_big = too_big  # refused as too large or too slow: a smaller page may pass
+
 
 @dataclass(frozen=True)
 class D1Database:
@@ -82,14 +86,18 @@ class D1Api:
                 return payload["result"]
             except urllib.error.HTTPError as error:
                 if error.code != 429 and error.code < 500:
-                    raise D1ApiError(f"D1 API {path}: HTTP {error.code} {error.reason}") from None
+                    raise D1ApiError(
+                        f"D1 API {path}: HTTP {error.code} {error.reason}",
+                        too_big=error.code in (400, 413),
+                    ) from None
                 wait = _retry_after(error) if error.code == 429 else None
                 problem = f"HTTP {error.code}"
             except (TimeoutError, urllib.error.URLError, ConnectionError) as error:
                 wait, problem = None, type(error).__name__
             if attempt == self.attempts:
                 raise D1ApiError(
-                    f"D1 API {path}: gave up after {attempt} attempts, last: {problem}"
+                    f"D1 API {path}: gave up after {attempt} attempts, last: {problem}",
+                    too_big=problem == "TimeoutError",
                 ) from None
             delay = wait if wait is not None else self.backoff * 2 ** (attempt - 1)
             delay *= 1 + random.random() / 2  # jitter, so retries of parallel runs spread out
@@ -127,14 +135,22 @@ def _value(storage: str, text: str | None) -> object:
 
 def pages(api: D1Api, select: str, source: str, page_rows: int) -> Iterator[list]:
     """Rows of ``SELECT rowid, <select> FROM <source>`` in keyset pages. A page shorter than
-    asked (a result size cap) is not the end: only an empty page is."""
+    asked (a result size cap) is not the end: only an empty page is. A page D1 refuses as too
+    large or too slow is asked again half as big, down to one row."""
     last = None
     while True:
         where = "" if last is None else "WHERE rowid > ?"
-        _, rows = api.query(
-            f"SELECT rowid, {select} FROM {source} {where} ORDER BY rowid LIMIT {page_rows}",
-            [] if last is None else [last],
-        )
+        try:
+            _, rows = api.query(
+                f"SELECT rowid, {select} FROM {source} {where} ORDER BY rowid LIMIT {page_rows}",
+                [] if last is None else [last],
+            )
+        except D1ApiError as error:
+            if not error.too_big or page_rows == 1:
+                raise
+            page_rows //= 2
+            log.warning("D1 API: %s; asking %d rows per page instead", error, page_rows)
+            continue
         if not rows:
             return
         yield from rows

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -33,6 +34,7 @@ class FakeD1(ThreadingHTTPServer):
     def __init__(self, database: Path, faults: list[str]) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.database, self.faults, self.requests = database, faults, 0
+        self.max_page = 10**9
         self.lock = threading.Lock()
 
     def next_fault(self) -> str:
@@ -84,6 +86,10 @@ class Handler(BaseHTTPRequestHandler):
             cursor = d1.execute(body["sql"], body["params"])
             rows = [list(r) for r in cursor.fetchall()]
             columns = [d[0] for d in cursor.description or []]
+        limit = re.search(r"LIMIT (\d+)", body["sql"])
+        if limit and int(limit.group(1)) > self.server.max_page:  # D1's result size cap
+            self._reply(413, {"success": False, "errors": [{"message": "result too large"}]})
+            return
         if fault == "short" and len(rows) > 1:
             rows = rows[: len(rows) // 2]
         result = {"results": {"columns": columns, "rows": rows}, "success": True}
@@ -187,3 +193,15 @@ def test_cutover_gate_sees_a_live_d1_still_being_written(tmp_path, pg_url, monke
         )
     assert not verdict.ready
     assert any("still changing" in r and "'users': 1" in r for r in verdict.reasons)
+
+
+def test_pages_shrink_when_d1_refuses_them_as_too_large(tmp_path, new_database):
+    database = tmp_path / "d1.sqlite"
+    sample_for_json(database, users=12, seed=5)
+    with fake_d1(database, []) as server:
+        server.max_page = 40
+        copy_database(api_for(server), tmp_path / "copy.sqlite", page_rows=1000)
+    from_file, from_api = new_database(), new_database()
+    sync(from_file, database, None, incremental=False)
+    sync(from_api, tmp_path / "copy.sqlite", None, incremental=False)
+    assert dump(from_api) == dump(from_file)
