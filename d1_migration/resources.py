@@ -149,6 +149,15 @@ def embedded_postgres_url(workdir: Path, database: str = EMBEDDED_DATABASE) -> s
     return server.get_uri(database)
 
 
+def stop_embedded_postgres(workdir: Path) -> None:
+    """Stop the embedded server under ``workdir`` (it outlives runs on purpose)."""
+    import pgserver
+
+    server = pgserver.get_server((workdir / "pgdata").resolve())
+    server.cleanup_mode = "stop"  # the handle was opened to keep the server running
+    server.cleanup()
+
+
 def redacted(url: str) -> str:
     """A URL fit for logs and metadata: host, port and database, never credentials."""
     params = conninfo_to_dict(url)

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from d1_migration import assets
 from d1_migration.checks import ORPHANED_FKS, QUARANTINE, ROW_PARITY
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, stop_embedded_postgres
 from d1_migration.runner import materialize_all
 from d1_migration.sample_data import build_sample_db
 from d1_migration.tables import SCHEMA
@@ -153,7 +152,6 @@ def _as_url(conninfo: str) -> str:
 
 
 def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
-    pgserver = pytest.importorskip("pgserver")
     from d1_migration.cli import main
 
     monkeypatch.setenv("D1_MIGRATION_TARGET_URL", pg_url)
@@ -161,7 +159,8 @@ def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
     try:
         assert main(["demo", "--users", "30", "--workdir", str(tmp_path)]) == 0
     finally:
-        pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop").cleanup()
+        stop_embedded_postgres(tmp_path)
+    assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
     out = capsys.readouterr().out
     assert "wallet_matches_ledger" in out and "Quarantined rows by reason" in out
     assert "peak memory" in out

@@ -1,6 +1,6 @@
 """Resources: secrets stay out of what is shown; no target URL means a real embedded server."""
 
-from d1_migration.resources import PostgresTarget, redacted
+from d1_migration.resources import PostgresTarget, redacted, stop_embedded_postgres
 
 
 def test_redacted_url_keeps_host_port_and_database_only():
@@ -12,8 +12,6 @@ def test_redacted_url_keeps_host_port_and_database_only():
 
 
 def test_without_a_url_an_embedded_postgres_is_started(tmp_path):
-    import pgserver
-
     target = PostgresTarget(workdir=str(tmp_path))
     try:
         with target.connect() as conn:
@@ -22,4 +20,5 @@ def test_without_a_url_an_embedded_postgres_is_started(tmp_path):
         assert version and database == "d1_target"
         assert (tmp_path / "pgdata" / "PG_VERSION").is_file()
     finally:
-        pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop").cleanup()
+        stop_embedded_postgres(tmp_path)
+    assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
