@@ -5,7 +5,7 @@ step rather than ~200 (step overhead dominates on a small machine); each check s
 its own asset in the UI and can be run alone.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 from dagster import (
@@ -108,6 +108,21 @@ def quarantine_summary(conn: psycopg.Connection, table: Table) -> AssetCheckResu
     )
 
 
+def table_check_results(
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    table: Table,
+    wanted: Callable[[str], bool] = lambda name: True,
+) -> Iterator[AssetCheckResult]:
+    """A table's checks (those ``wanted`` by name): for the asset checks and the cutover gate."""
+    if wanted(ROW_PARITY):
+        yield row_parity(conn, snapshot, table)
+    if table.foreign_keys and wanted(ORPHANED_FKS):
+        yield orphaned_fks(conn, table)
+    if wanted(QUARANTINE):
+        yield quarantine_summary(conn, table)
+
+
 def _specs(schema: Schema) -> list[AssetCheckSpec]:
     specs = []
     for table in schema.tables:
@@ -140,12 +155,12 @@ def build_table_checks(schema: Schema) -> AssetChecksDefinition:
         with postgres.connect() as conn, d1.snapshot() as snapshot:
             for table in schema.tables:
                 key = target_key(table.name)
-                if AssetCheckKey(key, ROW_PARITY) in selected:
-                    yield row_parity(conn, snapshot, table)
-                if AssetCheckKey(key, ORPHANED_FKS) in selected:
-                    yield orphaned_fks(conn, table)
-                if AssetCheckKey(key, QUARANTINE) in selected:
-                    yield quarantine_summary(conn, table)
+                yield from table_check_results(
+                    conn,
+                    snapshot,
+                    table,
+                    lambda name, key=key: AssetCheckKey(key, name) in selected,
+                )
 
     return table_checks
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import psycopg
 from dagster import AssetCheckResult, Failure, MetadataValue, OpExecutionContext, job, op
 
-from d1_migration.checks import orphaned_fks, quarantine_summary, row_parity, wallet_drift
+from d1_migration.checks import table_check_results, wallet_drift
 from d1_migration.ddl import BOOKKEEPING_SCHEMA, ensure_schema
 from d1_migration.load import TableResult, sync_all
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
@@ -53,10 +53,7 @@ def _changes(result: TableResult) -> int:
 def _checks(conn: psycopg.Connection, snapshot: Snapshot, schema: Schema) -> list:
     results: list[AssetCheckResult] = [wallet_drift(conn)]
     for table in schema.tables:
-        results.append(row_parity(conn, snapshot, table))
-        if table.foreign_keys:
-            results.append(orphaned_fks(conn, table))
-        results.append(quarantine_summary(conn, table))
+        results += table_check_results(conn, snapshot, table)
     return results
 
 

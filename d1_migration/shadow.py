@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from d1_migration.ddl import q
-from d1_migration.source import Snapshot, source_pk_text
+from d1_migration.source import CHOSEN_ROWS, Snapshot, source_pk_text
 from d1_migration.spec import Table
 
 ALIAS = "shadow"
@@ -32,14 +32,12 @@ class Changes:
     source_pks: list[str] = field(default_factory=list)  # their keys (source_pk_text)
     deleted: list[list] = field(default_factory=list)  # key values of rows gone from D1
 
-    def __bool__(self) -> bool:
-        return bool(self.rowids or self.deleted)
-
 
 class Shadow:
     """The shadow database, attached to a snapshot's connection."""
 
     def __init__(self, snapshot: Snapshot, path: Path) -> None:
+        self.snapshot = snapshot
         self.conn: sqlite3.Connection = snapshot.connection
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn.execute(f"ATTACH DATABASE ? AS {ALIAS}", [f"{path.resolve().as_uri()}?mode=rwc"])
@@ -119,14 +117,10 @@ class Shadow:
         quoted = ", ".join(map(q, self._columns(table)))
         where = " AND ".join(f"{q(k)} = ?" for k in table.source_pk)
         self.conn.executemany(f"DELETE FROM {ALIAS}.{q(table.name)} WHERE {where}", deleted)
-        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS d1m_applied (id INTEGER PRIMARY KEY)")
-        self.conn.execute("DELETE FROM temp.d1m_applied")
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO temp.d1m_applied VALUES (?)", ((r,) for r in rowids)
-        )
+        self.snapshot.choose(rowids)
         self.conn.execute(
             f"""INSERT OR REPLACE INTO {ALIAS}.{q(table.name)} SELECT {quoted}
-                FROM main.{q(table.name)} WHERE rowid IN (SELECT id FROM temp.d1m_applied)
+                FROM main.{q(table.name)} WHERE rowid IN (SELECT id FROM {CHOSEN_ROWS})
                 AND {" AND ".join(f"{q(k)} IS NOT NULL" for k in table.source_pk)}"""
         )
 

@@ -83,7 +83,7 @@ def column_projections(table: Table, column: Column) -> list[tuple[str, str]]:
     return out
 
 
-CHOSEN_ROWS = "temp.d1m_chosen_rows"
+CHOSEN_ROWS = "temp.d1m_chosen_rows"  # filled by Snapshot.choose
 
 
 def select_sql(table: Table, chosen: bool = False) -> str:
@@ -160,6 +160,16 @@ class Snapshot:
     def count(self, table: Table) -> int:
         return self._conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
 
+    def choose(self, rowids: Iterable[int]) -> None:
+        """Put ``rowids`` in CHOSEN_ROWS, for queries that read only those rows."""
+        self._conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS d1m_chosen_rows (id INTEGER PRIMARY KEY)"
+        )
+        self._conn.execute(f"DELETE FROM {CHOSEN_ROWS}")
+        self._conn.executemany(
+            f"INSERT OR IGNORE INTO {CHOSEN_ROWS} VALUES (?)", ((r,) for r in rowids)
+        )
+
     def batches(
         self, table: Table, batch_rows: int, rowids: Sequence[int] | None = None
     ) -> Iterator[pa.RecordBatch]:
@@ -171,11 +181,7 @@ class Snapshot:
         ]
         schema = pa.schema(fields)
         if rowids is not None:
-            self._conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {CHOSEN_ROWS[5:]} (id INTEGER PRIMARY KEY)"
-            )
-            self._conn.execute(f"DELETE FROM {CHOSEN_ROWS}")
-            self._conn.executemany(f"INSERT INTO {CHOSEN_ROWS} VALUES (?)", ((r,) for r in rowids))
+            self.choose(rowids)
         cursor = self._conn.execute(select_sql(table, chosen=rowids is not None))
         while rows := cursor.fetchmany(batch_rows):
             columns = list(zip(*rows, strict=True))
