@@ -157,9 +157,10 @@ def pages(api: D1Api, select: str, source: str, page_rows: int) -> Iterator[list
         last = rows[-1][0]
 
 
-def copy_database(api: D1Api, target: Path, page_rows: int = 500) -> dict:
-    """Copy every table (schema, rows, indexes) into a new SQLite file; returns run facts."""
-    facts = {"bookmark": api.bookmark(), "tables": {}}
+def copy_database(api: D1Api, target: Path, page_rows: int = 500) -> str:
+    """Copy every table (schema, rows, indexes) into a new SQLite file; returns the Time Travel
+    bookmark of the state copied."""
+    bookmark = api.bookmark()
     objects = list(pages(api, "type, name, sql", "sqlite_master", page_rows))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
@@ -172,14 +173,14 @@ def copy_database(api: D1Api, target: Path, page_rows: int = 500) -> dict:
                     continue
                 conn.execute(sql)
                 if kind == "table":
-                    facts["tables"][name] = _copy_table(api, conn, name, page_rows)
+                    _copy_table(api, conn, name, page_rows)
         conn.execute("COMMIT")
     finally:
         conn.close()
-    return facts
+    return bookmark
 
 
-def _copy_table(api: D1Api, conn: sqlite3.Connection, table: str, page_rows: int) -> int:
+def _copy_table(api: D1Api, conn: sqlite3.Connection, table: str, page_rows: int) -> None:
     columns = [r[1] for r in conn.execute(f"PRAGMA table_info({q(table)})")]
     typed = ", ".join(
         f"typeof({q(c)}), CASE typeof({q(c)}) WHEN 'blob' THEN hex({q(c)}) "
@@ -191,10 +192,7 @@ def _copy_table(api: D1Api, conn: sqlite3.Connection, table: str, page_rows: int
         f"INSERT INTO {q(table)} (rowid, {', '.join(map(q, columns))}) "
         f"VALUES ({', '.join('?' * (len(columns) + 1))})"
     )
-    copied = 0
     for row in pages(api, typed, q(table), page_rows):
         pairs = row[1:]
         values = [_value(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)]
         conn.execute(insert, [row[0], *values])
-        copied += 1
-    return copied

@@ -80,13 +80,9 @@ class D1Source(ConfigurableResource):
                 raise ValueError("A d1:// source needs CLOUDFLARE_API_TOKEN")
             local = cache / f"d1-{database.database_id}.sqlite"
             api = D1Api(database, token, self.api_base_url)
-            facts = copy_database(api, local, self.api_page_rows)
-            log.info(
-                "Copied live D1 %s at Time Travel bookmark %s",
-                database.database_id,
-                facts["bookmark"],
-            )
-            return {"path": local, "bookmark": facts["bookmark"]}
+            bookmark = copy_database(api, local, self.api_page_rows)
+            log.info("Copied live D1 %s at Time Travel bookmark %s", database.database_id, bookmark)
+            return {"path": local, "bookmark": bookmark}
         path = Path(self.path)
         if not path.is_file():
             raise FileNotFoundError(
