@@ -43,8 +43,10 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_state (
     table_name TEXT PRIMARY KEY,
     mode TEXT NOT NULL,
     synced_at TIMESTAMPTZ NOT NULL,
-    removed_at TIMESTAMPTZ
+    removed_at TIMESTAMPTZ,
+    changed_at TIMESTAMPTZ
 );
+ALTER TABLE {BOOKKEEPING_SCHEMA}.sync_state ADD COLUMN IF NOT EXISTS changed_at TIMESTAMPTZ;
 CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_token (
     token UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
@@ -117,8 +119,8 @@ def create_enum_sql(name: str, values: tuple[str, ...]) -> str:
 
 
 def schema_statements(schema: Schema) -> list[str]:
-    statements = [BOOKKEEPING_DDL]
-    statements += [create_enum_sql(e.name, e.values) for e in schema.enums]
+    """The target's enums, tables and indexes, parents first."""
+    statements = [create_enum_sql(e.name, e.values) for e in schema.enums]
     for table in load_order(schema):
         statements.append(create_table_sql(table))
         statements += create_index_sql(table)
@@ -135,10 +137,8 @@ def ensure_schema(conn: psycopg.Connection, schema: Schema) -> None:
             "IS NOT NULL",
             [names],
         ).fetchone()[0]
-        bookkeeping = conn.execute(
-            "SELECT to_regclass('d1_migration.sync_token') IS NOT NULL"
-        ).fetchone()[0]
-        if present == len(names) and bookkeeping:
+        conn.execute(BOOKKEEPING_DDL)  # idempotent; also upgrades an older target's tables
+        if present == len(names):
             return
         for statement in schema_statements(schema):
             conn.execute(statement)

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 from psycopg.types.json import Jsonb
 
 from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, ensure_schema, load_order, q
-from d1_migration.shadow import Shadow
+from d1_migration.shadow import Changes, Shadow
 from d1_migration.source import ROWID, Snapshot, source_pk_text
 from d1_migration.spec import Kind, Schema, Table
 from d1_migration.transforms import SOURCE_ID, Reject, convert_batch, uuid_for
@@ -79,7 +79,7 @@ class TableLoad:
         cols = [f"{q(c.name)} {c.pg_type}" for c in self.columns]
         cols += [f"{ROWID} BIGINT"] + ([f"{SOURCE_ID} TEXT"] if self.maps_ids else [])
         self.conn.execute(f"CREATE TEMP TABLE {self.stage} ({', '.join(cols)}) ON COMMIT DROP")
-        if self.scoped:  # target rows this load replaces: by key and source identity
+        if self.scoped:  # target rows this load replaces (see _settle_touched)
             keys = [f"{q(k)} {self.table.column(k).pg_type}" for k in self.table.primary_key]
             self.conn.execute(
                 f"CREATE TEMP TABLE {self.touched} ({', '.join(keys)}, _src TEXT) ON COMMIT DROP"
@@ -88,7 +88,9 @@ class TableLoad:
     def stage_rows(
         self, snapshot: Snapshot, batch_rows: int, rowids: list[int] | None = None
     ) -> None:
-        """Convert and stage the table, or only ``rowids`` of it."""
+        """Convert and stage the table, or only ``rowids`` of it. The temporary tables are
+        analyzed afterwards: without statistics Postgres plans a scoped load's few staged rows
+        as a thousand and hash-joins them against the whole target."""
         for batch in snapshot.batches(self.table, batch_rows, rowids):
             converted = convert_batch(self.table, batch, self.schema)
             self.considered += batch.num_rows
@@ -100,6 +102,19 @@ class TableLoad:
                 if SOURCE_ID in keys.column_names:
                     keys = keys.rename_columns([*self.table.primary_key, "_src"])
                 self._copy_into(self.touched, keys)
+        self.conn.execute(f"ANALYZE {self.stage}")
+        if self.scoped:
+            self._settle_touched()
+
+    def _settle_touched(self) -> None:
+        """Keep only the touched keys whose target row came from the same source row (a
+        remapped id may be another source row's), so that "same row" is key equality, which
+        Postgres answers from the target's primary key."""
+        if self.maps_ids:
+            self.conn.execute(
+                f"DELETE FROM {self.touched} k WHERE {self._identity('k')} IS DISTINCT FROM k._src"
+            )
+        self.conn.execute(f"ANALYZE {self.touched}")
 
     def touch_deleted(self, deleted: list[list]) -> None:
         """Rows gone from D1: their target rows go too (if they are the same source row)."""
@@ -127,8 +142,7 @@ class TableLoad:
         )
 
     def _same_row(self, target: str, touched: str) -> str:
-        same = " AND ".join(f"{target}.{q(k)} = {touched}.{q(k)}" for k in self.table.primary_key)
-        return f"{same} AND {self._identity(target)} = {touched}._src" if self.maps_ids else same
+        return " AND ".join(f"{target}.{q(k)} = {touched}.{q(k)}" for k in self.table.primary_key)
 
     def _untouched(self, alias: str) -> str:
         return f"NOT EXISTS (SELECT 1 FROM {self.touched} k WHERE {self._same_row(alias, 'k')})"
@@ -424,19 +438,29 @@ def ancestors(schema: Schema, table: Table) -> set[str]:
     return found
 
 
-def _ancestor_removed_rows(conn: psycopg.Connection, schema: Schema, table: Table) -> bool:
-    """Whether an ancestor removed rows since this table last synced: Postgres may then have
-    cascaded into this table (or set its references to NULL) outside any incremental scope."""
-    return conn.execute(
-        f"""SELECT coalesce((SELECT max(removed_at) FROM {SYNC_STATE} WHERE table_name = ANY(%s))
-                   > (SELECT synced_at FROM {SYNC_STATE} WHERE table_name = %s), false)""",
-        [sorted(ancestors(schema, table)), table.name],
-    ).fetchone()[0]
+@dataclass(frozen=True)
+class Upstream:
+    """What the table's ancestors did since the table last synced."""
+
+    removed_rows: bool  # Postgres may have cascaded into this table outside any scope
+    changed: bool  # rows or quarantine changed: this table's quarantined rows may now pass
+
+
+def _upstream(conn: psycopg.Connection, schema: Schema, table: Table) -> Upstream:
+    row = conn.execute(
+        f"""SELECT (SELECT max(removed_at) FROM {SYNC_STATE} WHERE table_name = ANY(%(a)s))
+                     > s.synced_at,
+                   (SELECT max(changed_at) FROM {SYNC_STATE} WHERE table_name = ANY(%(a)s))
+                     > s.synced_at
+            FROM {SYNC_STATE} s WHERE s.table_name = %(t)s""",
+        {"a": sorted(ancestors(schema, table)), "t": table.name},
+    ).fetchone()
+    if row is None:  # never synced into this target
+        return Upstream(removed_rows=True, changed=True)
+    return Upstream(removed_rows=bool(row[0]), changed=bool(row[1]))
 
 
 def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> Counts:
-    conn = load.conn
-    conn.execute(f"ANALYZE {load.stage}")
     load.reject_checks()
     load.reject_duplicates()
     load.reject_orphans()
@@ -470,24 +494,29 @@ def _incremental_load(
     schema: Schema,
     run_id: str | None,
     batch_rows: int,
-) -> tuple[TableLoad, Counts, list[int], list[list]]:
+    upstream_changed: bool,
+) -> tuple[TableLoad, Counts, list[int], Changes]:
     changes = shadow.changes(table)
-    retry = [
-        r[0]
-        for r in conn.execute(
-            f"SELECT source_pk FROM {REJECTED} WHERE source_table = %s AND resolved_at IS NULL",
-            [table.name],
-        )
-    ]
+    retry = []
+    if changes or upstream_changed:  # otherwise every quarantined row would fail as it did
+        retry = [
+            r[0]
+            for r in conn.execute(
+                f"SELECT source_pk FROM {REJECTED} WHERE source_table = %s AND resolved_at IS NULL",
+                [table.name],
+            )
+        ]
     load = TableLoad(conn, table, schema, scoped=True)
     rowids = sorted(set(changes.rowids) | set(shadow.rowids_of(table, retry)))
     if not rowids and not changes.deleted:
-        return load, (0, 0, 0, 0), [], []
+        return load, (0, 0, 0, 0), [], changes
+    # A scope is small and the target's pages are cached: probing its indexes beats scanning it,
+    # which the default cost model (spinning disks) does not see.
+    conn.execute("SET LOCAL random_page_cost = 1.1")
     load.create_stage()
-    load.scope_pks = {*changes.source_pks, *retry}
-    load.scope_pks |= {source_pk_text(key, 0) for key in changes.deleted}
-    load.stage_rows(snapshot, batch_rows, rowids)
+    load.scope_pks = {*changes.source_pks, *retry, *changes.deleted_pks}
     load.touch_deleted(changes.deleted)
+    load.stage_rows(snapshot, batch_rows, rowids)
     for _ in range(5):
         outside = load.collisions() - load.scope_pks
         if not outside:
@@ -500,7 +529,7 @@ def _incremental_load(
         rowids += more
     else:
         raise NeedsFullLoad
-    return load, _finish(load, snapshot, run_id), rowids, changes.deleted
+    return load, _finish(load, snapshot, run_id), rowids, changes
 
 
 def migrate_table(
@@ -523,29 +552,40 @@ def migrate_table(
     with conn.transaction():
         # Overlapping syncs (a run started by hand during a scheduled one) take turns per table.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"d1_migration:{table.name}"])
-        if (
-            incremental
-            and shadow is not None
-            and shadow.usable(table)
-            and not _ancestor_removed_rows(conn, schema, table)
-        ):
-            try:
-                with conn.transaction():  # a savepoint: falling back discards the attempt
-                    load, counts, rowids, deleted = _incremental_load(
-                        conn, snapshot, shadow, table, schema, run_id, batch_rows
-                    )
-                mode = "incremental"
-            except NeedsFullLoad:
-                pass
+        if incremental and shadow is not None and shadow.usable(table):
+            upstream = _upstream(conn, schema, table)
+            if not upstream.removed_rows:
+                try:
+                    with conn.transaction():  # a savepoint: falling back discards the attempt
+                        load, counts, rowids, changes = _incremental_load(
+                            conn,
+                            snapshot,
+                            shadow,
+                            table,
+                            schema,
+                            run_id,
+                            batch_rows,
+                            upstream.changed,
+                        )
+                    mode = "incremental"
+                except NeedsFullLoad:
+                    pass
         if mode == "full":
             load, counts = _full_load(conn, snapshot, table, schema, run_id, batch_rows)
         inserted, updated, removed, remapped = counts
+        # Descendants read these: removed rows may have cascaded into them; any change here
+        # may change which of their quarantined rows pass. The clock, not the transaction
+        # start, so that a descendant whose sync began before this commit looks again.
+        changed = mode == "full" or load.considered > 0 or bool(changes.deleted)
         conn.execute(
-            f"""INSERT INTO {SYNC_STATE} AS s (table_name, mode, synced_at, removed_at)
-                VALUES (%(t)s, %(m)s, now(), CASE WHEN %(r)s > 0 THEN now() END)
+            f"""INSERT INTO {SYNC_STATE} AS s (table_name, mode, synced_at, removed_at,
+                    changed_at)
+                VALUES (%(t)s, %(m)s, now(), CASE WHEN %(r)s THEN clock_timestamp() END,
+                    CASE WHEN %(c)s THEN clock_timestamp() END)
                 ON CONFLICT (table_name) DO UPDATE SET mode = %(m)s, synced_at = now(),
-                    removed_at = CASE WHEN %(r)s > 0 THEN now() ELSE s.removed_at END""",
-            {"t": table.name, "m": mode, "r": removed},
+                    removed_at = coalesce(EXCLUDED.removed_at, s.removed_at),
+                    changed_at = coalesce(EXCLUDED.changed_at, s.changed_at)""",
+            {"t": table.name, "m": mode, "r": removed > 0, "c": changed},
         )
         target_rows = conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
     source_rows = snapshot.count(table)  # before the shadow's commit ends this snapshot
@@ -553,7 +593,7 @@ def migrate_table(
         if mode == "full":
             shadow.replace_all(table)
         else:
-            shadow.apply(table, rowids, deleted)
+            shadow.apply(table, rowids, changes.stale)
         shadow.commit()
     return TableResult(
         table=table.name,

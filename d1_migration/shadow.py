@@ -2,9 +2,16 @@
 
 Change detection compares the source with it inside SQLite, value by value (``IS NOT`` tells
 an integer 1 from the text '1'), so a re-sync finds inserts, updates and deletes in any table
-without trusting timestamps and without bringing unchanged rows into Python. The shadow is
-written only after Postgres committed the table, from the same source snapshot; if the process
-dies in between, the next sync re-applies those rows, which changes nothing.
+without trusting timestamps and without bringing unchanged rows into Python. Shadow rows sit at
+their source rowid, so the comparison is an integer-key join; a derived column (``source_sql``)
+is kept as the value it gave, so a change in the row it reads counts as a change. Before
+comparing, the table's page digest (Snapshot.digest) is checked against the one recorded with
+the shadow: when it is equal, the table cannot have changed and is not read at all.
+
+The shadow is written only after Postgres committed the table, from the same source snapshot;
+if the process dies in between, the next sync re-applies those rows, which changes nothing.
+That also makes a shadow that is behind harmless, so it is written without waiting for the disk
+(WAL, synchronous=NORMAL): a crash can lose its last commits, never corrupt it.
 
 A shadow belongs to one target database: its file is named after the target's sync token, so
 a new or rebuilt target starts with no shadow, which makes its first sync a full one.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +30,7 @@ from d1_migration.source import CHOSEN_ROWS, Snapshot, source_pk_text
 from d1_migration.spec import Table
 
 ALIAS = "shadow"
+TABLES = f"{ALIAS}._tables"  # per table: the column layout and source digest of its shadow
 
 
 @dataclass
@@ -31,6 +40,11 @@ class Changes:
     rowids: list[int] = field(default_factory=list)  # new or changed, by source rowid
     source_pks: list[str] = field(default_factory=list)  # their keys (source_pk_text)
     deleted: list[list] = field(default_factory=list)  # key values of rows gone from D1
+    deleted_pks: list[str] = field(default_factory=list)  # their source_pk_text
+    stale: list[int] = field(default_factory=list)  # shadow rowids no longer holding their row
+
+    def __bool__(self) -> bool:
+        return bool(self.rowids or self.stale)
 
 
 class Shadow:
@@ -40,41 +54,77 @@ class Shadow:
         self.snapshot = snapshot
         self.conn: sqlite3.Connection = snapshot.connection
         path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(path)) as setup:  # persistent; not settable in a transaction
+            setup.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"ATTACH DATABASE ? AS {ALIAS}", [f"{path.resolve().as_uri()}?mode=rwc"])
         self.conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {ALIAS}._meta (table_name TEXT PRIMARY KEY, "
-            "columns TEXT NOT NULL)"
+            f"CREATE TABLE IF NOT EXISTS {TABLES} (table_name TEXT PRIMARY KEY, "
+            "layout TEXT NOT NULL, digest TEXT)"
         )
+        self._digests: dict[str, str | None] = {}
 
-    def _columns(self, table: Table) -> list[str]:
+    def _projection(self, table: Table) -> list[tuple[str, str]]:
+        """(shadow column, source SQL) pairs: every D1 column, then each derived value."""
         rows = self.conn.execute(f"PRAGMA main.table_info({q(table.name)})")
-        return [r[1].decode() for r in rows]
+        pairs = [(name, f"{q(table.name)}.{q(name)}") for name in (r[1].decode() for r in rows)]
+        pairs += [(f"{c.name}__derived", c.source_sql) for c in table.columns if c.source_sql]
+        return pairs
+
+    def _layout(self, table: Table) -> str:
+        return json.dumps(self._projection(table))
+
+    def _digest(self, table: Table) -> str | None:
+        """The source digest, only for tables that read no other table (a derived column's
+        value depends on pages the digest does not cover)."""
+        if table.name not in self._digests:
+            reads_others = any(c.source_sql for c in table.columns)
+            self._digests[table.name] = None if reads_others else self.snapshot.digest(table)
+        return self._digests[table.name]
 
     def usable(self, table: Table) -> bool:
         """Whether a shadow of ``table`` exists, taken with the columns D1 has now."""
         row = self.conn.execute(
-            f"SELECT columns FROM {ALIAS}._meta WHERE table_name = ?", [table.name]
+            f"SELECT layout FROM {TABLES} WHERE table_name = ?", [table.name]
         ).fetchone()
-        return row is not None and row[0].decode() == json.dumps(self._columns(table))
+        return row is not None and row[0].decode() == self._layout(table)
+
+    def _unchanged(self, table: Table) -> bool:
+        digest = self._digest(table)
+        if digest is None:
+            return False
+        row = self.conn.execute(
+            f"SELECT digest FROM {TABLES} WHERE table_name = ?", [table.name]
+        ).fetchone()
+        return row is not None and row[0] is not None and row[0].decode() == digest
 
     def changes(self, table: Table) -> Changes:
-        cols, pk = self._columns(table), table.source_pk
-        on = " AND ".join(f"s.{q(k)} = m.{q(k)}" for k in pk)
-        differs = " OR ".join(f"m.{q(c)} IS NOT s.{q(c)}" for c in cols)
         changes = Changes()
-        cursor = self.conn.execute(
-            f"""SELECT m.rowid, {", ".join(f"m.{q(k)}" for k in pk)}
-                FROM main.{q(table.name)} m LEFT JOIN {ALIAS}.{q(table.name)} s ON {on}
-                WHERE s.rowid IS NULL OR {differs}"""
-        )
-        for rowid, *keys in cursor:
+        if self._unchanged(table):
+            return changes
+        name, pk = q(table.name), table.source_pk
+        keys = ", ".join(f"{name}.{q(k)}" for k in pk)
+        differs = " OR ".join(f"({sql}) IS NOT s.{q(col)}" for col, sql in self._projection(table))
+        for rowid, *key in self.conn.execute(
+            f"""SELECT {name}.rowid, {keys} FROM main.{name}
+                LEFT JOIN {ALIAS}.{name} s ON s._rowid = {name}.rowid
+                WHERE s._rowid IS NULL OR {differs}"""
+        ):
             changes.rowids.append(rowid)
-            changes.source_pks.append(source_pk_text(_decoded(keys), rowid))
-        gone = self.conn.execute(
-            f"""SELECT {", ".join(f"s.{q(k)}" for k in pk)} FROM {ALIAS}.{q(table.name)} s
-                WHERE NOT EXISTS (SELECT 1 FROM main.{q(table.name)} m WHERE {on})"""
-        )
-        changes.deleted = [_decoded(list(keys)) for keys in gone]
+            changes.source_pks.append(source_pk_text(_decoded(key), rowid))
+        # Shadow rows whose rowid is gone or holds another key now; the key may live on at a
+        # new rowid (then it was found above), else the row was deleted.
+        same_key = " AND ".join(f"m.{q(k)} IS s.{q(k)}" for k in pk)
+        key_exists = " AND ".join(f"e.{q(k)} = s.{q(k)}" for k in pk)
+        for rowid, present, *key in self.conn.execute(
+            f"""SELECT s._rowid, EXISTS (SELECT 1 FROM main.{name} e WHERE {key_exists}),
+                       {", ".join(f"s.{q(k)}" for k in pk)}
+                FROM {ALIAS}.{name} s LEFT JOIN main.{name} m ON m.rowid = s._rowid
+                WHERE m.rowid IS NULL OR NOT ({same_key})"""
+        ):
+            changes.stale.append(rowid)
+            if not present:
+                changes.deleted.append(_decoded(key))
+                changes.deleted_pks.append(source_pk_text(changes.deleted[-1], rowid))
         return changes
 
     def rowids_of(self, table: Table, source_pks: list[str]) -> list[int]:
@@ -93,41 +143,45 @@ class Shadow:
                 rowids.append(found[0])
         return rowids
 
-    def replace_all(self, table: Table) -> None:
-        """After a full load: the shadow becomes the whole source table."""
-        cols = self._columns(table)
-        quoted = ", ".join(map(q, cols))
-        self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{q(table.name)}")
-        self.conn.execute(f"CREATE TABLE {ALIAS}.{q(table.name)} ({quoted})")  # no affinity
+    def _copy_rows(self, table: Table, where: str = "") -> None:
+        name = q(table.name)
+        projection = self._projection(table)
         self.conn.execute(
-            f"CREATE UNIQUE INDEX {ALIAS}.{q(table.name + '__key')} ON {q(table.name)} "
-            f"({', '.join(map(q, table.source_pk))})"
-        )
-        self.conn.execute(
-            f"INSERT INTO {ALIAS}.{q(table.name)} SELECT {quoted} FROM main.{q(table.name)} "
-            f"WHERE {' AND '.join(f'{q(k)} IS NOT NULL' for k in table.source_pk)}"
-        )
-        self.conn.execute(
-            f"INSERT OR REPLACE INTO {ALIAS}._meta VALUES (?, ?)",
-            [table.name, json.dumps(cols)],
+            f"INSERT OR REPLACE INTO {ALIAS}.{name} (_rowid, "
+            f"{', '.join(q(col) for col, _ in projection)}) SELECT {name}.rowid, "
+            f"{', '.join(sql for _, sql in projection)} FROM main.{name} {where}"
         )
 
-    def apply(self, table: Table, rowids: list[int], deleted: list[list]) -> None:
-        """After an incremental load: record the processed rows as they are in the snapshot."""
-        quoted = ", ".join(map(q, self._columns(table)))
-        where = " AND ".join(f"{q(k)} = ?" for k in table.source_pk)
-        self.conn.executemany(f"DELETE FROM {ALIAS}.{q(table.name)} WHERE {where}", deleted)
-        self.snapshot.choose(rowids)
+    def _record(self, table: Table) -> None:
         self.conn.execute(
-            f"""INSERT OR REPLACE INTO {ALIAS}.{q(table.name)} SELECT {quoted}
-                FROM main.{q(table.name)} WHERE rowid IN (SELECT id FROM {CHOSEN_ROWS})
-                AND {" AND ".join(f"{q(k)} IS NOT NULL" for k in table.source_pk)}"""
+            f"INSERT OR REPLACE INTO {TABLES} VALUES (?, ?, ?)",
+            [table.name, self._layout(table), self._digest(table)],
         )
+
+    def replace_all(self, table: Table) -> None:
+        """After a full load: the shadow becomes the whole source table."""
+        name = q(table.name)
+        columns = ", ".join(q(col) for col, _ in self._projection(table))  # no type: no affinity
+        self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{name}")
+        self.conn.execute(f"CREATE TABLE {ALIAS}.{name} (_rowid INTEGER PRIMARY KEY, {columns})")
+        self._copy_rows(table)
+        self._record(table)
+
+    def apply(self, table: Table, rowids: list[int], stale: list[int]) -> None:
+        """After an incremental load: record the processed rows as they are in the snapshot."""
+        self.conn.executemany(
+            f"DELETE FROM {ALIAS}.{q(table.name)} WHERE _rowid = ?", ((r,) for r in stale)
+        )
+        if rowids:
+            self.snapshot.choose(rowids)
+            self._copy_rows(table, f"WHERE rowid IN (SELECT id FROM {CHOSEN_ROWS})")
+        self._record(table)
 
     def commit(self) -> None:
         """Persist the shadow; this ends the snapshot's read transaction, so start a new one."""
         self.conn.execute("COMMIT")
         self.conn.execute("BEGIN")
+        self._digests.clear()  # the new read transaction may see a newer source
 
 
 def _decoded(keys: list) -> list:

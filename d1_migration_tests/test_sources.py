@@ -15,8 +15,10 @@ from d1_migration.export import ExportError, replay
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.sample_data import build_sample_db, sqlite_ddl
+from d1_migration.shadow import Shadow
+from d1_migration.source import SqliteSource
 from d1_migration.tables import SCHEMA
-from d1_migration_tests.helpers import dump, sync
+from d1_migration_tests.helpers import dump, mutate, sync
 from d1_migration_tests.wrangler import write_export
 
 
@@ -160,6 +162,49 @@ def test_a_wal_database_being_written_is_read_from_one_consistent_state(tmp_path
             "SELECT count(*) FROM d1_migration.rejected_rows WHERE source_pk LIKE 'live-%'"
         ).fetchone()[0]
     assert live > 0 and orphans == 0  # every live habit_log arrived with its habit
+
+
+def test_a_quiet_table_is_not_compared_row_by_row(tmp_path):
+    """Equal page digests stand for equal rows: only a table whose pages changed is read."""
+    source, shadow_path = tmp_path / "d1.sqlite", tmp_path / "shadow.sqlite"
+    build_sample_db(source, users=10, seed=1)
+    users, habits = SCHEMA.table("users"), SCHEMA.table("habits")
+    with SqliteSource(source).snapshot() as snapshot:
+        before = {t.name: snapshot.digest(t) for t in (users, habits)}
+        shadow = Shadow(snapshot, shadow_path)
+        for table in (users, habits):
+            shadow.replace_all(table)
+        shadow.commit()
+    mutate(source, ["UPDATE habits SET name = 'Renamed' WHERE rowid = 1"])
+    statements: list[str] = []
+    with SqliteSource(source).snapshot() as snapshot:
+        assert snapshot.digest(users) == before["users"]
+        assert snapshot.digest(habits) != before["habits"]
+        shadow = Shadow(snapshot, shadow_path)
+        snapshot.connection.set_trace_callback(statements.append)
+        assert not shadow.changes(users)
+        assert len(shadow.changes(habits).rowids) == 1
+    compared = [s for s in statements if "LEFT JOIN shadow." in s]
+    assert compared and all('"habits"' in s for s in compared)
+
+
+def test_a_wal_database_is_digested_only_through_its_copy(tmp_path):
+    """In WAL mode the file lacks the latest pages, so no digest; the run's backup copy is a
+    plain file again, which can be digested."""
+    database = tmp_path / "wrangler-state.sqlite"
+    build_sample_db(database, users=10, seed=2)
+    users = SCHEMA.table("users")
+    with sqlite3.connect(database) as app:
+        app.execute("PRAGMA journal_mode = WAL")
+        app.execute("UPDATE users SET name = 'In the WAL only'")
+        app.commit()
+        with SqliteSource(database).snapshot() as snapshot:
+            assert snapshot.digest(users) is None
+        d1 = D1Source(path=str(database), copy_dir=str(tmp_path / "copies"))
+        with d1.snapshot() as snapshot:
+            assert snapshot.digest(users) is not None
+            names = snapshot.connection.execute("SELECT DISTINCT name FROM users").fetchall()
+    assert names == [(b"In the WAL only",)]
 
 
 def test_source_schema_checks_show_drift_on_each_d1_asset(tmp_path):
