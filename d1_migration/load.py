@@ -8,10 +8,12 @@ changed rows updated. A merge rather than TRUNCATE + reload, because TRUNCATE/DE
 would cascade through its children; and a merge makes a re-run on the same source a no-op.
 
 An incremental load runs the same steps on a scope: the rows the shadow (shadow.py) finds new,
-changed or deleted, plus the rows in quarantine, which are retried every time. Its result must
-equal a full load's, so whenever the effect of the changes reaches beyond the scope (an ancestor
-table removed rows since this table's last sync, a self-referencing table removed rows, a key
-shared with a row outside the scope that cannot be brought in), it falls back to a full load.
+changed or deleted, plus the rows in quarantine when the table or an ancestor changed since the
+table's last sync. Its result must equal a full load's, so rows the changes can reach join the
+scope (rows sharing a UNIQUE value with a scoped row, rows referring to one through the table's
+own FKs), and where that cannot be done (an ancestor table removed rows since this table's last
+sync, and Postgres cascaded them; a key held by a target row with no source row) the load falls
+back to a full one.
 """
 
 from __future__ import annotations
@@ -147,19 +149,66 @@ class TableLoad:
     def _untouched(self, alias: str) -> str:
         return f"NOT EXISTS (SELECT 1 FROM {self.touched} k WHERE {self._same_row(alias, 'k')})"
 
+    def _source_pks(self, alias: str, sql: str) -> set[str]:
+        """The source rows (source_pk_text) of the target rows ``alias`` that ``sql`` selects."""
+        pk = ", ".join(f"{alias}.{q(k)}" for k in self.table.primary_key)
+        select = self._identity(alias) if self.maps_ids else pk
+        return {source_pk_text(list(row), 0) for row in self.conn.execute(f"SELECT {select} {sql}")}
+
     def collisions(self) -> set[str]:
         """Source rows outside the scope whose target row shares a key value with a staged row;
         they must join the scope so that UNIQUE and PK rules see every contender."""
-        pk = ", ".join(f"t.{q(k)}" for k in self.table.primary_key)
         found: set[str] = set()
         for cols in self.table.unique_keys:
             on = " AND ".join(f"t.{q(c)} = s.{q(c)}" for c in cols)
-            select = self._identity("t") if self.maps_ids else pk
-            for row in self.conn.execute(
-                f"""SELECT DISTINCT {select} FROM {q(self.table.name)} t
-                    JOIN {self.stage} s ON {on} WHERE {self._untouched("t")}"""
-            ):
-                found.add(source_pk_text(list(row), 0))
+            found |= self._source_pks(
+                "t",
+                f"FROM {q(self.table.name)} t JOIN {self.stage} s ON {on} "
+                f"WHERE {self._untouched('t')}",
+            )
+        return found
+
+    def _self_references(self) -> list[tuple[str, str]]:
+        """(FK column, referenced column) pairs of the table's FKs to itself."""
+        return [
+            (c.name, c.parent[1]) for c in self.table.foreign_keys if c.parent[0] == self.table.name
+        ]
+
+    def index_self_references(self) -> list[str]:
+        """Index the table's own FK columns for this transaction where the spec does not
+        (calendar_events.parent_event_id, as the map has it): otherwise every row the merge
+        deletes makes Postgres scan the whole table for rows its ON DELETE reaches, and so does
+        each step of descendants(). Returns the indexes, for drop_indexes before commit."""
+        indexed = {index.expr.split(",")[0].strip() for index in self.table.indexes}
+        made = []
+        for column, _ in self._self_references():
+            if column not in indexed:
+                made.append(q(f"_d1m_{self.table.name}_{column}"))
+                self.conn.execute(f"CREATE INDEX {made[-1]} ON {q(self.table.name)} ({q(column)})")
+        return made
+
+    def drop_indexes(self, names: list[str]) -> None:
+        for name in names:
+            self.conn.execute(f"DROP INDEX {name}")
+
+    def descendants(self) -> set[str]:
+        """Source rows outside the scope whose target row refers, through the table's own FKs
+        and at any depth, to a row of the scope: removing that row from Postgres would cascade
+        into them, so they join the scope and are judged again beside it."""
+        target, found = q(self.table.name), set()
+        for column, referenced in self._self_references():
+            fk, ref = q(column), q(referenced)
+            found |= self._source_pks(
+                "c",
+                f"""FROM {target} c JOIN (
+                      WITH RECURSIVE hit(v) AS (
+                          SELECT t.{ref} FROM {target} t JOIN {self.touched} k
+                            ON {self._same_row("t", "k")}
+                        UNION
+                          SELECT c.{ref} FROM {target} c JOIN hit h ON c.{fk} = h.v
+                      ) SELECT v FROM hit) h ON c.{fk} = h.v
+                    WHERE {self._untouched("c")}""",
+            )
         return found
 
     def copy(self, rows: pa.Table) -> None:
@@ -466,8 +515,6 @@ def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> Counts:
     load.reject_orphans()
     load.reject_underived()
     inserted, updated, removed = load.merge()
-    if load.scoped and removed and load.table.self_referencing:
-        raise NeedsFullLoad  # Postgres may have cascaded to rows of this table outside the scope
     load.record_quarantine(snapshot, run_id)
     return inserted, updated, removed, load.record_id_map()
 
@@ -514,11 +561,12 @@ def _incremental_load(
     # which the default cost model (spinning disks) does not see.
     conn.execute("SET LOCAL random_page_cost = 1.1")
     load.create_stage()
+    temporary_indexes = load.index_self_references()
     load.scope_pks = {*changes.source_pks, *retry, *changes.deleted_pks}
     load.touch_deleted(changes.deleted)
     load.stage_rows(snapshot, batch_rows, rowids)
     for _ in range(5):
-        outside = load.collisions() - load.scope_pks
+        outside = (load.collisions() | load.descendants()) - load.scope_pks
         if not outside:
             break
         more = shadow.rowids_of(table, sorted(outside))
@@ -529,7 +577,9 @@ def _incremental_load(
         rowids += more
     else:
         raise NeedsFullLoad
-    return load, _finish(load, snapshot, run_id), rowids, changes
+    counts = _finish(load, snapshot, run_id)
+    load.drop_indexes(temporary_indexes)
+    return load, counts, rowids, changes
 
 
 def migrate_table(

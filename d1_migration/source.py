@@ -163,24 +163,27 @@ class Snapshot:
         return self._conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
 
     def digest(self, table: Table) -> str | None:
-        """A hash of the pages of the table's b-tree, in tree order: equal digests mean equal
+        """A hash of the table's b-tree pages, numbers and contents: equal digests mean equal
         rows, so a re-sync need not compare a quiet table row by row. The pages are read from
         the file while this snapshot's read lock keeps writers out, which only holds outside
         WAL mode; None there, or when this SQLite lacks the dbstat table that lists them."""
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == b"wal":
             return None
         try:
-            pages = self._conn.execute(
-                "SELECT pageno FROM dbstat WHERE name = ?", [table.name]
-            ).fetchall()
+            pages = sorted(
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT pageno FROM dbstat WHERE name = ?", [table.name]
+                )
+            )
         except sqlite3.OperationalError:  # no such table: dbstat
             return None
         size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(json.dumps(pages).encode())
         fd = os.open(self._path, os.O_RDONLY)
         try:
-            for (page,) in pages:
-                digest.update(os.pread(fd, size, (page - 1) * size))
+            for first, count in _runs(pages):  # one read per run of adjacent pages
+                digest.update(os.pread(fd, count * size, (first - 1) * size))
         finally:
             os.close(fd)
         return digest.hexdigest()
@@ -237,6 +240,15 @@ class Snapshot:
                 }
                 out[rowid] = RawRow(source_pk_text([row.get(k) for k in pk], rowid), row)
         return out
+
+
+def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:
+    """(first page, count) for each run of consecutive numbers in sorted ``pages``."""
+    start = 0
+    for i in range(1, len(pages) + 1):
+        if i == len(pages) or pages[i] != pages[i - 1] + 1:
+            yield pages[start], i - start
+            start = i
 
 
 class SqliteSource:

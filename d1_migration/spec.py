@@ -154,10 +154,6 @@ class Table:
         return (self.primary_key, *single, *self.uniques)
 
     @property
-    def self_referencing(self) -> bool:
-        return any(c.parent[0] == self.name for c in self.foreign_keys)
-
-    @property
     def source_pk(self) -> tuple[str, ...]:
         return tuple(self.column(c).source_name or c for c in self.primary_key)
 

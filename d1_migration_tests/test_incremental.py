@@ -119,6 +119,44 @@ def test_a_quarantined_child_is_retried_when_its_parent_is_fixed(tmp_path, new_d
     assert dump(synced) == dump(fresh)
 
 
+def test_a_change_reaches_the_rows_that_refer_to_it_in_the_same_table(tmp_path, new_database):
+    """A parent event turning bad leaves Postgres (with what its FK cascades to there); its
+    child events, unchanged in D1, must become quarantined rows, not silently vanish."""
+    source = tmp_path / "d1.sqlite"
+    with sqlite3.connect(source) as d1:
+        d1.executescript(sqlite_ddl(SCHEMA))
+    events = [("c0", "NULL"), ("c1", "'c0'"), ("c2", "'c1'"), ("c3", "NULL")]
+    mutate(
+        source,
+        ["INSERT INTO users (id, email, created_at) VALUES ('u1', 'u1@x', '2026-01-06')"]
+        + [
+            "INSERT INTO calendar_events (id, user_id, title, start_time, parent_event_id) "
+            f"VALUES ('{event}', 'u1', 'E', '2026-01-07 09:00:00', {parent})"
+            for event, parent in events
+        ],
+    )
+    synced, shadow = new_database(), tmp_path / "shadow.sqlite"
+    sync(synced, source, shadow, incremental=True)
+
+    def matches_fresh_migration() -> None:
+        fresh = new_database()
+        sync(fresh, source, None, incremental=False)
+        assert dump(synced) == dump(fresh)
+
+    mutate(source, ["UPDATE calendar_events SET start_time = 'soon' WHERE id = 'c0'"])
+    results = sync(synced, source, shadow, incremental=True)
+    assert results["calendar_events"].mode == "incremental"
+    assert results["calendar_events"].considered == 3  # c0, and c1 and c2 below it
+    assert results["calendar_events"].reasons == {"bad_datetime": 1, "parent_quarantined": 2}
+    matches_fresh_migration()
+
+    mutate(source, ["UPDATE calendar_events SET start_time = '2026-01-08' WHERE id = 'c0'"])
+    results = sync(synced, source, shadow, incremental=True)
+    assert results["calendar_events"].mode == "incremental"
+    assert results["calendar_events"].inserted == 3
+    matches_fresh_migration()
+
+
 def test_a_derived_column_follows_the_row_it_reads(tmp_path, new_database):
     """accounts.created_at is read from the user: the account row itself never changes."""
     source = tmp_path / "d1.sqlite"
