@@ -5,7 +5,10 @@
 Builds (or reuses) the sample database, copies it, migrates the copy into a fresh target, then
 re-syncs it unchanged, then changes 1% of the rows of every table (half updates, a quarter
 inserts, a quarter deletes in tables no other table references, so deletes do not cascade)
-and re-syncs again. All runs go through Dagster exactly as the schedule runs them.
+and re-syncs again. Every run is a whole Dagster run of the migrate job (all 66 table assets
+and their checks, in process, with an ephemeral instance): its wall time includes the checks
+and Dagster's own per-run cost (about 2.5 s here for 66 materializations and 187 check
+results), which does not grow with the data. "tables" is the time spent syncing the tables.
 """
 
 import argparse
@@ -78,10 +81,11 @@ def timed(label: str, run: callable) -> tuple[float, RunSummary]:
     seconds = time.perf_counter() - started
     modes = sorted({m["mode"] for m in summary.tables.values()})
     changes = sum(m["inserted"] + m["updated"] + m["deleted"] for m in summary.tables.values())
+    tables = sum(m["seconds"] for m in summary.tables.values())
     failed = [f"{c.asset}:{c.check}" for c in summary.failed_checks if c.check == "row_parity"]
     print(
-        f"{label}: {seconds:.1f} s, modes {modes}, {changes} target rows changed, "
-        f"row_parity failures {failed or 'none'}, success={summary.success}"
+        f"{label}: {seconds:.1f} s (tables {tables:.1f} s), modes {modes}, {changes} target "
+        f"rows changed, row_parity failures {failed or 'none'}, success={summary.success}"
     )
     return seconds, summary
 
