@@ -598,7 +598,7 @@ def migrate_table(
     provably enough, and the shadow is brought up to date after Postgres commits.
     """
     started = time.perf_counter()
-    mode = "full"
+    mode, changes = "full", Changes()
     with conn.transaction():
         # Overlapping syncs (a run started by hand during a scheduled one) take turns per table.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"d1_migration:{table.name}"])

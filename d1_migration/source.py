@@ -167,18 +167,18 @@ class Snapshot:
         rows, so a re-sync need not compare a quiet table row by row. The pages are read from
         the file while this snapshot's read lock keeps writers out, which only holds outside
         WAL mode; None there, or when this SQLite lacks the dbstat table that lists them."""
-        if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == b"wal":
+        if self._conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() == b"wal":
             return None
         try:
             pages = sorted(
                 r[0]
                 for r in self._conn.execute(
-                    "SELECT pageno FROM dbstat WHERE name = ?", [table.name]
+                    "SELECT pageno FROM dbstat WHERE schema = 'main' AND name = ?", [table.name]
                 )
             )
         except sqlite3.OperationalError:  # no such table: dbstat
             return None
-        size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        size = self._conn.execute("PRAGMA main.page_size").fetchone()[0]
         digest = hashlib.sha256(json.dumps(pages).encode())
         fd = os.open(self._path, os.O_RDONLY)
         try:

@@ -8,6 +8,7 @@ import psycopg
 
 from d1_migration.ddl import q
 from d1_migration.load import TableResult, sync_all
+from d1_migration.sample_data import sqlite_ddl
 from d1_migration.shadow import Shadow
 from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema
@@ -57,3 +58,19 @@ def mutate(path: Path, statements: list[str]) -> None:
 def first(path: Path, sql: str) -> object:
     with sqlite3.connect(path) as d1:
         return d1.execute(sql).fetchone()[0]
+
+
+def new_d1(path: Path, statements: list[str]) -> Path:
+    """A D1 file with the spec's schema and only the rows ``statements`` write."""
+    with sqlite3.connect(path) as d1:
+        d1.executescript(sqlite_ddl(SCHEMA))
+    mutate(path, statements)
+    return path
+
+
+def assert_like_fresh_migration(
+    synced: str, source: Path, fresh: str, schema: Schema = SCHEMA
+) -> None:
+    """``synced`` holds what a full migration of ``source`` into the empty ``fresh`` gives."""
+    sync(fresh, source, None, incremental=False, schema=schema)
+    assert dump(synced, schema) == dump(fresh, schema)

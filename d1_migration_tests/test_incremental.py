@@ -5,18 +5,16 @@ would (with SQLite's foreign keys on, so deletes cascade as in D1), re-syncs inc
 and compares every table and the quarantine with a full migration into an empty database.
 """
 
-import sqlite3
-
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d1_migration.sample_data import build_sample_db, sqlite_ddl
+from d1_migration.sample_data import build_sample_db
 from d1_migration.shadow import Shadow
 from d1_migration.spec import Schema
 from d1_migration.tables import SCHEMA
-from d1_migration_tests.helpers import dump, first, mutate, sync
+from d1_migration_tests.helpers import assert_like_fresh_migration, first, mutate, new_d1, sync
 
 
 def test_unchanged_source_is_a_no_op(tmp_path, pg_url):
@@ -38,11 +36,6 @@ def test_mixed_changes_equal_a_fresh_migration(tmp_path, new_database):
     synced, shadow = new_database(), tmp_path / "shadow.sqlite"
     sync(synced, source, shadow, incremental=True)
 
-    def matches_fresh_migration() -> None:
-        fresh = new_database()
-        sync(fresh, source, None, incremental=False)
-        assert dump(synced) == dump(fresh)
-
     user = first(source, "SELECT id FROM users WHERE id IN (SELECT user_id FROM habits) LIMIT 1")
     bad_mode = next(r.source_pk for r in sample.rejects if r.reason_code == "bad_enum")
     ledger = first(source, f"SELECT id FROM points_ledger WHERE user_id = '{user}' LIMIT 1")
@@ -58,7 +51,7 @@ def test_mixed_changes_equal_a_fresh_migration(tmp_path, new_database):
         ],
     )
     results = sync(synced, source, shadow, incremental=True)
-    matches_fresh_migration()
+    assert_like_fresh_migration(synced, source, new_database())
     for name in ("users", "habits", "habit_logs", "focus_sessions", "points_ledger"):
         assert results[name].mode == "incremental", name
     assert results["users"].updated == 1 and results["habits"].inserted == 1
@@ -89,17 +82,14 @@ def test_mixed_changes_equal_a_fresh_migration(tmp_path, new_database):
         ],
     )
     results = sync(synced, source, shadow, incremental=True)
-    matches_fresh_migration()
+    assert_like_fresh_migration(synced, source, new_database())
     assert results["users"].mode == "incremental"
     assert results["habits"].mode == "full"  # its parent removed rows: cascades in Postgres
 
 
 def test_a_quarantined_child_is_retried_when_its_parent_is_fixed(tmp_path, new_database):
-    source = tmp_path / "d1.sqlite"
-    with sqlite3.connect(source) as d1:
-        d1.executescript(sqlite_ddl(SCHEMA))
-    mutate(
-        source,
+    source = new_d1(
+        tmp_path / "d1.sqlite",
         [
             "INSERT INTO users (id, email, created_at) VALUES ('u1', 'u1@x', 'yesterday')",
             "INSERT INTO habits (id, user_id, name) VALUES ('h1', 'u1', 'Read')",
@@ -114,20 +104,15 @@ def test_a_quarantined_child_is_retried_when_its_parent_is_fixed(tmp_path, new_d
     assert results["habits"].mode == "incremental"
     assert results["habits"].considered == 1  # unchanged in D1, retried for its parent
     assert results["habits"].inserted == 1
-    fresh = new_database()
-    sync(fresh, source, None, incremental=False)
-    assert dump(synced) == dump(fresh)
+    assert_like_fresh_migration(synced, source, new_database())
 
 
 def test_a_change_reaches_the_rows_that_refer_to_it_in_the_same_table(tmp_path, new_database):
     """A parent event turning bad leaves Postgres (with what its FK cascades to there); its
     child events, unchanged in D1, must become quarantined rows, not silently vanish."""
-    source = tmp_path / "d1.sqlite"
-    with sqlite3.connect(source) as d1:
-        d1.executescript(sqlite_ddl(SCHEMA))
     events = [("c0", "NULL"), ("c1", "'c0'"), ("c2", "'c1'"), ("c3", "NULL")]
-    mutate(
-        source,
+    source = new_d1(
+        tmp_path / "d1.sqlite",
         ["INSERT INTO users (id, email, created_at) VALUES ('u1', 'u1@x', '2026-01-06')"]
         + [
             "INSERT INTO calendar_events (id, user_id, title, start_time, parent_event_id) "
@@ -138,32 +123,24 @@ def test_a_change_reaches_the_rows_that_refer_to_it_in_the_same_table(tmp_path, 
     synced, shadow = new_database(), tmp_path / "shadow.sqlite"
     sync(synced, source, shadow, incremental=True)
 
-    def matches_fresh_migration() -> None:
-        fresh = new_database()
-        sync(fresh, source, None, incremental=False)
-        assert dump(synced) == dump(fresh)
-
     mutate(source, ["UPDATE calendar_events SET start_time = 'soon' WHERE id = 'c0'"])
     results = sync(synced, source, shadow, incremental=True)
     assert results["calendar_events"].mode == "incremental"
     assert results["calendar_events"].considered == 3  # c0, and c1 and c2 below it
     assert results["calendar_events"].reasons == {"bad_datetime": 1, "parent_quarantined": 2}
-    matches_fresh_migration()
+    assert_like_fresh_migration(synced, source, new_database())
 
     mutate(source, ["UPDATE calendar_events SET start_time = '2026-01-08' WHERE id = 'c0'"])
     results = sync(synced, source, shadow, incremental=True)
     assert results["calendar_events"].mode == "incremental"
     assert results["calendar_events"].inserted == 3
-    matches_fresh_migration()
+    assert_like_fresh_migration(synced, source, new_database())
 
 
 def test_a_derived_column_follows_the_row_it_reads(tmp_path, new_database):
     """accounts.created_at is read from the user: the account row itself never changes."""
-    source = tmp_path / "d1.sqlite"
-    with sqlite3.connect(source) as d1:
-        d1.executescript(sqlite_ddl(SCHEMA))
-    mutate(
-        source,
+    source = new_d1(
+        tmp_path / "d1.sqlite",
         [
             "INSERT INTO users (id, email, created_at) VALUES ('u1', 'u1@x', '2026-01-06')",
             "INSERT INTO accounts (id, userId, type, provider, providerAccountId) "
@@ -175,9 +152,7 @@ def test_a_derived_column_follows_the_row_it_reads(tmp_path, new_database):
     mutate(source, ["UPDATE users SET created_at = '2026-02-01' WHERE id = 'u1'"])
     results = sync(synced, source, shadow, incremental=True)
     assert results["accounts"].mode == "incremental" and results["accounts"].updated == 1
-    fresh = new_database()
-    sync(fresh, source, None, incremental=False)
-    assert dump(synced) == dump(fresh)
+    assert_like_fresh_migration(synced, source, new_database())
 
 
 # -- property: any sequence of changes --------------------------------------------------------
@@ -285,17 +260,13 @@ def _statements() -> st.SearchStrategy[list[str]]:
 @given(rounds=_statements())
 def test_any_change_sequence_equals_a_fresh_migration(tmp_path_factory, new_database, rounds):
     work = tmp_path_factory.mktemp("prop")
-    source = work / "d1.sqlite"
-    with sqlite3.connect(source) as d1:
-        d1.executescript(sqlite_ddl(SCHEMA))
+    source = new_d1(work / "d1.sqlite", [])
     synced, shadow = new_database(), work / "shadow.sqlite"
     sync(synced, source, shadow, incremental=True, schema=SMALL)
     for statements in rounds:
         mutate(source, statements)
         sync(synced, source, shadow, incremental=True, schema=SMALL)
-        fresh = new_database()
-        sync(fresh, source, None, incremental=False, schema=SMALL)
-        assert dump(synced, SMALL) == dump(fresh, SMALL)
+        assert_like_fresh_migration(synced, source, new_database(), SMALL)
 
 
 def test_a_sync_killed_midway_is_completed_by_the_next(tmp_path, new_database, monkeypatch):
@@ -322,6 +293,4 @@ def test_a_sync_killed_midway_is_completed_by_the_next(tmp_path, new_database, m
     monkeypatch.undo()
 
     sync(synced, source, shadow, incremental=True)
-    fresh = new_database()
-    sync(fresh, source, None, incremental=False)
-    assert dump(synced) == dump(fresh)
+    assert_like_fresh_migration(synced, source, new_database())
