@@ -6,10 +6,11 @@ parents before children.
 """
 
 from collections.abc import Iterator
+from contextlib import closing
 
 from dagster import (
+    AssetCheckResult,
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
     AssetSpec,
     Failure,
@@ -18,23 +19,14 @@ from dagster import (
     multi_asset,
 )
 
+from d1_migration.checks import CheckRunner, check_specs
 from d1_migration.ddl import ensure_schema, load_order
 from d1_migration.drift import schema_drift
+from d1_migration.keys import source_key, target_key
 from d1_migration.load import TableResult, ancestors, migrate_table
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.shadow import Shadow
 from d1_migration.spec import Schema, Table
-
-SOURCE_PREFIX = "d1"
-TARGET_PREFIX = "pg"
-
-
-def source_key(table: str) -> AssetKey:
-    return AssetKey([SOURCE_PREFIX, table])
-
-
-def target_key(table: str) -> AssetKey:
-    return AssetKey([TARGET_PREFIX, table])
 
 
 def source_asset(table: Table) -> AssetSpec:
@@ -89,18 +81,20 @@ def _metadata(result: TableResult, target: str) -> dict:
 
 
 def build_table_assets(schema: Schema) -> AssetsDefinition:
-    """All 66 tables in one step: each is still its own asset (own deps, metadata, checks,
-    materializable alone), but Dagster's per-step cost is paid once instead of 66 times, which
-    on two cores is most of a no-change re-sync."""
+    """All 66 tables and their checks in one step: each table is still its own asset (own
+    deps, metadata, checks, materializable alone), but Dagster's per-step cost is paid once
+    instead of 66 times, which on two cores is most of a no-change re-sync; and each table's
+    checks run beside the loading of the next tables (checks.py)."""
 
     @multi_asset(
         name="migrate_tables",
         specs=[table_spec(t) for t in schema.tables],
+        check_specs=check_specs(schema),
         can_subset=True,
     )
     def migrate_tables(
         context: AssetExecutionContext, d1: D1Source, postgres: PostgresTarget, sync: SyncSettings
-    ) -> Iterator[MaterializeResult]:
+    ) -> Iterator[MaterializeResult | AssetCheckResult]:
         selected = context.selected_asset_keys
         failed: set[str] = set()
         with d1.snapshot() as snapshot:  # before any data moves
@@ -113,14 +107,24 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                 + "\n".join(f"- {problem}" for problem in drift.problems),
                 metadata={"schema_drift": MetadataValue.json(drift.problems)},
             )
-        with postgres.connect() as conn:
+        with (
+            postgres.connect() as conn,
+            postgres.connect() as check_conn,
+            closing(CheckRunner(check_conn, schema, context.selected_asset_check_keys)) as checks,
+        ):
             ensure_schema(conn, schema)
             shadow_path = sync.shadow_path(conn)
             for table in load_order(schema):
                 if target_key(table.name) not in selected:
+                    rows = None
+                    if checks.wants(table):  # a check run on its own, from the UI
+                        with d1.snapshot() as snapshot:
+                            rows = snapshot.count(table)
+                    checks.settled(table, rows)
                     continue
                 if ancestors(schema, table) & failed:
                     failed.add(table.name)
+                    checks.failed(table)
                     context.log.error(f"{table.name}: not synced, an ancestor table failed")
                     continue
                 try:
@@ -136,6 +140,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                         )
                 except Exception:  # the table is unchanged (one transaction); go on with others
                     failed.add(table.name)
+                    checks.failed(table)
                     context.log.exception(f"{table.name}: sync failed, the table is unchanged")
                     continue
                 if result.quarantined:
@@ -151,8 +156,18 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                         "d1_internal_tables_skipped": MetadataValue.json(drift.skipped),
                     },
                 )
+                checks.settled(table, result.source_rows)
+                yield from checks.finished()
+            yield from checks.finished(wait=True)
+        for error in checks.errors:
+            context.log.error(f"a check could not run: {error}")
+        problems = []
         if failed:
-            raise Failure(f"{len(failed)} table(s) not synced: {', '.join(sorted(failed))}")
+            problems.append(f"{len(failed)} table(s) not synced: {', '.join(sorted(failed))}")
+        if checks.errors:
+            problems.append(f"{len(checks.errors)} check(s) could not run")
+        if problems:
+            raise Failure("; ".join(problems))
 
     return migrate_tables
 

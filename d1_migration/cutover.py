@@ -15,7 +15,6 @@ from d1_migration.ddl import BOOKKEEPING_SCHEMA, ensure_schema
 from d1_migration.load import TableResult, sync_all
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.shadow import Shadow
-from d1_migration.source import Snapshot
 from d1_migration.spec import Schema
 
 
@@ -50,10 +49,10 @@ def _changes(result: TableResult) -> int:
     return result.inserted + result.updated + result.deleted
 
 
-def _checks(conn: psycopg.Connection, snapshot: Snapshot, schema: Schema) -> list:
+def _checks(conn: psycopg.Connection, synced: dict[str, TableResult], schema: Schema) -> list:
     results: list[AssetCheckResult] = [wallet_drift(conn)]
     for table in schema.tables:
-        results += table_check_results(conn, snapshot, table)
+        results += table_check_results(conn, table, synced[table.name].source_rows)
     return results
 
 
@@ -75,7 +74,7 @@ def cutover_check(
         with d1.snapshot() as snapshot:
             shadow = Shadow(snapshot, sync.shadow_path(conn))
             quiet = sync_all(conn, snapshot, schema, shadow, incremental=True, run_id=run_id)
-            results = _checks(conn, snapshot, schema)
+        results = _checks(conn, quiet, schema)
         busy = {name: _changes(r) for name, r in quiet.items() if _changes(r)}
         if busy:
             reasons.append(f"D1 is still changing: a second sync changed {busy}")

@@ -12,9 +12,10 @@ from dagster import (
     in_process_executor,
 )
 
-from d1_migration.assets import TARGET_PREFIX, build_assets
-from d1_migration.checks import build_source_checks, build_table_checks, wallet_matches_ledger
+from d1_migration.assets import build_assets
+from d1_migration.checks import build_source_checks
 from d1_migration.cutover import build_cutover_job
+from d1_migration.keys import TARGET_PREFIX
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.tables import SCHEMA
 
@@ -72,7 +73,7 @@ resync_schedule = ScheduleDefinition(
 )
 
 ASSETS = build_assets(SCHEMA)
-ASSET_CHECKS = [build_source_checks(SCHEMA), build_table_checks(SCHEMA), wallet_matches_ledger]
+ASSET_CHECKS = [build_source_checks(SCHEMA)]
 
 defs = Definitions(
     assets=ASSETS,

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
@@ -64,12 +64,14 @@ def materialize_all(
     postgres: PostgresTarget,
     instance: DagsterInstance | None = None,
     sync: SyncSettings | None = None,
+    selection: str | AssetSelection = "key:pg/*",
 ) -> RunSummary:
+    """Every table and check (or ``selection`` of them), as `Materialize all` runs them."""
     result = materialize(
         [*ASSETS, *ASSET_CHECKS],
         resources={"d1": d1, "postgres": postgres, "sync": sync or SyncSettings()},
         instance=instance or DagsterInstance.ephemeral(),
-        selection="key:pg/*",
+        selection=selection,
         raise_on_error=False,
     )
     return summarize(result)

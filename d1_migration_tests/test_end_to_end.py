@@ -2,14 +2,17 @@
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import psycopg
+from dagster import AssetCheckKey, AssetSelection
 
 from d1_migration import assets
 from d1_migration.checks import ORPHANED_FKS, QUARANTINE, ROW_PARITY
+from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, stop_embedded_postgres
 from d1_migration.runner import materialize_all
 from d1_migration.sample_data import build_sample_db
@@ -187,3 +190,31 @@ def test_a_failing_table_skips_only_its_descendants(tmp_path, pg_url, monkeypatc
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM habits").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM focus_sessions").fetchone()[0] > 0
+    checked = {c.asset for c in summary.checks}
+    assert {"pg/users", "pg/focus_sessions", "pg/points_ledger"} <= checked
+    assert not {"pg/habits", "pg/habit_logs"} & checked
+    assert summary.check("user_wallet", "wallet_matches_ledger")  # it read no failed table
+
+
+def test_a_check_runs_alone_against_d1_as_it_is_now(tmp_path, pg_url):
+    """A check chosen on its own in the UI loads nothing and counts D1 afresh."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=15, seed=6)
+    d1, target = D1Source(path=str(source)), PostgresTarget(url=pg_url)
+    sync = SyncSettings(state_dir=str(tmp_path / "sync"))
+    assert materialize_all(d1, target, sync=sync).check("users", ROW_PARITY).passed
+    with sqlite3.connect(source) as conn:
+        conn.execute(
+            "INSERT INTO users (id, email, name, role, created_at, updated_at) "
+            "VALUES ('late', 'late@example.com', 'Late', 'user', '2026-01-01', '2026-01-01')"
+        )
+    alone = materialize_all(
+        D1Source(path=str(source)),
+        target,
+        sync=sync,
+        selection=AssetSelection.checks(AssetCheckKey(target_key("users"), ROW_PARITY)),
+    )
+    assert alone.tables == {}
+    assert [(c.asset, c.check) for c in alone.checks] == [("pg/users", ROW_PARITY)]
+    assert not alone.checks[0].passed
+    assert alone.checks[0].metadata["unaccounted_rows"] == 1

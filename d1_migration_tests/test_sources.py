@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from d1_migration.assets import source_key
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
 from d1_migration.export import ExportError, replay
+from d1_migration.keys import source_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.sample_data import build_sample_db, sqlite_ddl
