@@ -63,12 +63,11 @@ def table_spec(table: Table) -> AssetSpec:
     )
 
 
-def _metadata(result: TableResult, target: str) -> dict:
+def _metadata(result: TableResult) -> dict:
     return {
         "mode": result.mode,
         "rows_considered": result.considered,
         "source_rows": result.source_rows,
-        "target_rows": result.target_rows,
         "quarantined_this_run": result.quarantined,
         "quarantine_reasons": MetadataValue.json(result.reasons),
         "inserted": result.inserted,
@@ -76,7 +75,6 @@ def _metadata(result: TableResult, target: str) -> dict:
         "deleted": result.deleted,
         "remapped_ids": result.remapped_ids,
         "seconds": result.seconds,
-        "target": target,
     }
 
 
@@ -107,20 +105,22 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                 + "\n".join(f"- {problem}" for problem in drift.problems),
                 metadata={"schema_drift": MetadataValue.json(drift.problems)},
             )
+        described = {
+            **d1.run_metadata(),
+            "target": postgres.describe(),
+            "d1_internal_tables_skipped": MetadataValue.json(drift.skipped),
+        }
         with (
+            d1.snapshot() as snapshot,
             postgres.connect() as conn,
             postgres.connect() as check_conn,
             closing(CheckRunner(check_conn, schema, context.selected_asset_check_keys)) as checks,
         ):
             ensure_schema(conn, schema)
-            shadow_path = sync.shadow_path(conn)
+            shadow = Shadow(snapshot, sync.shadow_path(conn))
             for table in load_order(schema):
-                if target_key(table.name) not in selected:
-                    rows = None
-                    if checks.wants(table):  # a check run on its own, from the UI
-                        with d1.snapshot() as snapshot:
-                            rows = snapshot.count(table)
-                    checks.settled(table, rows)
+                if target_key(table.name) not in selected:  # its checks may be, run on their own
+                    checks.settled(table, snapshot.count(table) if checks.wants(table) else None)
                     continue
                 if ancestors(schema, table) & failed:
                     failed.add(table.name)
@@ -128,17 +128,17 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                     context.log.error(f"{table.name}: not synced, an ancestor table failed")
                     continue
                 try:
-                    with d1.snapshot() as snapshot:
-                        result = migrate_table(
-                            conn,
-                            snapshot,
-                            table,
-                            schema,
-                            run_id=context.run.run_id,
-                            shadow=Shadow(snapshot, shadow_path),
-                            incremental=sync.mode == "incremental",
-                        )
+                    result = migrate_table(
+                        conn,
+                        snapshot,
+                        table,
+                        schema,
+                        run_id=context.run.run_id,
+                        shadow=shadow,
+                        incremental=sync.mode == "incremental",
+                    )
                 except Exception:  # the table is unchanged (one transaction); go on with others
+                    shadow.rollback()
                     failed.add(table.name)
                     checks.failed(table)
                     context.log.exception(f"{table.name}: sync failed, the table is unchanged")
@@ -149,12 +149,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                         f"d1_migration.rejected_rows: {result.reasons}"
                     )
                 yield MaterializeResult(
-                    asset_key=target_key(table.name),
-                    metadata={
-                        **_metadata(result, postgres.describe()),
-                        **d1.run_metadata(),
-                        "d1_internal_tables_skipped": MetadataValue.json(drift.skipped),
-                    },
+                    asset_key=target_key(table.name), metadata={**_metadata(result), **described}
                 )
                 checks.settled(table, result.source_rows)
                 yield from checks.finished()

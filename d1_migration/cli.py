@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from d1_migration.checks import QUARANTINE
+from d1_migration.checks import QUARANTINE, ROW_PARITY
 from d1_migration.cutover import cutover_check as run_cutover_check
 from d1_migration.definitions import SOURCE_ENV, STATE_DIR_ENV, TARGET_ENV
 from d1_migration.resources import (
@@ -44,9 +44,10 @@ def demo_instance(workdir: Path) -> DagsterInstance:
 
 def print_summary(summary: RunSummary, quarantine: list[tuple[str, str, int]]) -> None:
     print(f"\n{'table':28} {'source':>9} {'target':>9} {'quarantined':>11}")
-    for name, meta in sorted(summary.tables.items()):
-        quarantined = meta["source_rows"] - meta["target_rows"]
-        print(f"{name:28} {meta['source_rows']:>9} {meta['target_rows']:>9} {quarantined:>11}")
+    for check in sorted(summary.checks, key=lambda c: c.asset):
+        if check.check == ROW_PARITY:
+            rows = [check.metadata[k] for k in ("source_rows", "target_rows", "quarantined_rows")]
+            print(f"{check.asset.removeprefix('pg/'):28} {rows[0]:>9} {rows[1]:>9} {rows[2]:>11}")
     print("\nQuarantined rows by reason (d1_migration.rejected_rows):")
     for table, code, count in quarantine:
         print(f"  {table:28} {code:22} {count}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import psycopg
 from dagster import AssetCheckResult, Failure, MetadataValue, OpExecutionContext, job, op
 
-from d1_migration.checks import table_check_results, wallet_drift
+from d1_migration.checks import ROW_PARITY, table_check_results, wallet_drift
 from d1_migration.ddl import BOOKKEEPING_SCHEMA, ensure_schema
 from d1_migration.load import TableResult, sync_all
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
@@ -89,11 +89,12 @@ def cutover_check(
                     if k not in ("details", "inspect_with")
                 }
                 reasons.append(f"{result.asset_key.to_user_string()} {result.check_name}: {detail}")
+        parity = {r.asset_key.path[-1]: r.metadata for r in results if r.check_name == ROW_PARITY}
         tables = {
             name: {
                 "source_rows": r.source_rows,
-                "target_rows": r.target_rows,
-                "quarantined": r.source_rows - r.target_rows,
+                "target_rows": parity[name]["target_rows"].value,
+                "quarantined": parity[name]["quarantined_rows"].value,
                 "final_sync_changes": _changes(final[name]),
             }
             for name, r in quiet.items()

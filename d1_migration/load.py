@@ -44,7 +44,6 @@ SYNC_STATE = f"{BOOKKEEPING_SCHEMA}.sync_state"
 class TableResult:
     table: str
     source_rows: int
-    target_rows: int
     quarantined: int
     inserted: int = 0
     updated: int = 0
@@ -637,7 +636,6 @@ def migrate_table(
                     changed_at = coalesce(EXCLUDED.changed_at, s.changed_at)""",
             {"t": table.name, "m": mode, "r": removed > 0, "c": changed},
         )
-        target_rows = conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
     source_rows = snapshot.count(table)  # before the shadow's commit ends this snapshot
     if shadow is not None:
         if mode == "full":
@@ -648,7 +646,6 @@ def migrate_table(
     return TableResult(
         table=table.name,
         source_rows=source_rows,
-        target_rows=target_rows,
         quarantined=len(load.rejects),
         inserted=inserted,
         updated=updated,

@@ -61,14 +61,18 @@ class Shadow:
             f"CREATE TABLE IF NOT EXISTS {TABLES} (table_name TEXT PRIMARY KEY, "
             "layout TEXT NOT NULL, digest TEXT)"
         )
-        self._digests: dict[str, str | None] = {}
+        self._digests: dict[str, str | None] = {}  # per read transaction, like:
+        self._projections: dict[str, list[tuple[str, str]]] = {}
 
     def _projection(self, table: Table) -> list[tuple[str, str]]:
         """(shadow column, source SQL) pairs: every D1 column, then each derived value."""
-        rows = self.conn.execute(f"PRAGMA main.table_info({q(table.name)})")
-        pairs = [(name, f"{q(table.name)}.{q(name)}") for name in (r[1].decode() for r in rows)]
-        pairs += [(f"{c.name}__derived", c.source_sql) for c in table.columns if c.source_sql]
-        return pairs
+        if table.name not in self._projections:
+            rows = self.conn.execute(f"PRAGMA main.table_info({q(table.name)})")
+            names = (r[1].decode() for r in rows)
+            pairs = [(name, f"{q(table.name)}.{q(name)}") for name in names]
+            pairs += [(f"{c.name}__derived", c.source_sql) for c in table.columns if c.source_sql]
+            self._projections[table.name] = pairs
+        return self._projections[table.name]
 
     def _layout(self, table: Table) -> str:
         return json.dumps(self._projection(table))
@@ -179,9 +183,18 @@ class Shadow:
 
     def commit(self) -> None:
         """Persist the shadow; this ends the snapshot's read transaction, so start a new one."""
-        self.conn.execute("COMMIT")
+        self._end("COMMIT")
+
+    def rollback(self) -> None:
+        """Forget what a failed table wrote to the shadow since the last commit."""
+        self._end("ROLLBACK")
+
+    def _end(self, statement: str) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute(statement)
         self.conn.execute("BEGIN")
         self._digests.clear()  # the new read transaction may see a newer source
+        self._projections.clear()
 
 
 def _decoded(keys: list) -> list:

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
+from d1_migration.checks import ROW_PARITY
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
 from d1_migration.export import ExportError, replay
 from d1_migration.keys import source_key
@@ -86,7 +87,7 @@ def test_dagster_reads_an_export_given_as_the_source(tmp_path, pg_url):
         sync=SyncSettings(state_dir=str(tmp_path / "sync")),
     )
     assert summary.success
-    assert summary.tables["users"]["target_rows"] == 1
+    assert summary.check("users", ROW_PARITY).metadata["target_rows"] == 1
 
 
 def test_schema_drift_stops_the_run_before_any_load(tmp_path, pg_url):
