@@ -4,9 +4,15 @@ Change detection compares the source with it inside SQLite, value by value (``IS
 an integer 1 from the text '1'), so a re-sync finds inserts, updates and deletes in any table
 without trusting timestamps and without bringing unchanged rows into Python. Shadow rows sit at
 their source rowid, so the comparison is an integer-key join; a derived column (``source_sql``)
-is kept as the value it gave, so a change in the row it reads counts as a change. Before
-comparing, the table's page digest (Snapshot.digest) is checked against the one recorded with
-the shadow: when it is equal, the table cannot have changed and is not read at all.
+is kept as the value it gave, so a change in the row it reads counts as a change.
+
+Only the rows that can differ are compared. With the shadow, the hash and rowid range of each
+of the source's leaf pages is recorded (Snapshot.leaf_pages). A page that hashes as one
+recorded holds the very rows the shadow has for its range, so a differing row sits either on
+a page that is new since then (an insert or update, or the page of a delete) or in the range of
+a recorded page that is gone (a delete). Only those ranges are compared; a table with no new
+and no vanished page is not read at all. A table whose derived column reads another table has
+no page map (that value can change while its own pages do not) and is compared whole.
 
 The shadow is written only after Postgres committed the table, from the same source snapshot;
 if the process dies in between, the next sync re-applies those rows, which changes nothing.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +37,11 @@ from d1_migration.source import CHOSEN_ROWS, Snapshot, source_pk_text
 from d1_migration.spec import Table
 
 ALIAS = "shadow"
-TABLES = f"{ALIAS}._tables"  # per table: the column layout and source digest of its shadow
+TABLES = f"{ALIAS}._tables"  # per table: the column layout of its shadow
+PAGES = f"{ALIAS}._pages"  # per table: its source's leaf pages (hash, rowid range) when recorded
+PAGE = struct.Struct("<16sqq")
+SCOPE = "temp.d1m_scope"  # the rowid ranges a comparison reads
+Ranges = dict[bytes, tuple[int, int]]  # leaf page hash -> (first, last) rowid on it
 
 
 @dataclass
@@ -59,9 +70,13 @@ class Shadow:
         self.conn.execute(f"ATTACH DATABASE ? AS {ALIAS}", [f"{path.resolve().as_uri()}?mode=rwc"])
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLES} (table_name TEXT PRIMARY KEY, "
-            "layout TEXT NOT NULL, digest TEXT)"
+            "layout TEXT NOT NULL)"
         )
-        self._digests: dict[str, str | None] = {}  # per read transaction, like:
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {PAGES} (table_name TEXT PRIMARY KEY, pages BLOB NOT NULL)"
+        )
+        self._pages_now: dict[str, Ranges | None] = {}  # per read transaction, like:
+        self._pages_recorded: dict[str, Ranges | None] = {}
         self._projections: dict[str, list[tuple[str, str]]] = {}
 
     def _projection(self, table: Table) -> list[tuple[str, str]]:
@@ -77,13 +92,52 @@ class Shadow:
     def _layout(self, table: Table) -> str:
         return json.dumps(self._projection(table))
 
-    def _digest(self, table: Table) -> str | None:
-        """The source digest, only for tables that read no other table (a derived column's
-        value depends on pages the digest does not cover)."""
-        if table.name not in self._digests:
+    def _recorded_pages(self, table: Table) -> Ranges | None:
+        if table.name not in self._pages_recorded:
+            row = self.conn.execute(
+                f"SELECT pages FROM {PAGES} WHERE table_name = ?", [table.name]
+            ).fetchone()
+            self._pages_recorded[table.name] = (
+                None if row is None else {h: (a, b) for h, a, b in PAGE.iter_unpack(row[0])}
+            )
+        return self._pages_recorded[table.name]
+
+    def _current_pages(self, table: Table) -> Ranges | None:
+        """The source's leaf pages now, with their rowid ranges (taken from the recorded map
+        for pages seen before, read from the page otherwise). None when the table has a
+        derived column or the snapshot cannot list pages."""
+        if table.name not in self._pages_now:
             reads_others = any(c.source_sql for c in table.columns)
-            self._digests[table.name] = None if reads_others else self.snapshot.digest(table)
-        return self._digests[table.name]
+            pages = None if reads_others else self.snapshot.leaf_pages(table)
+            if pages is not None:
+                known = self._recorded_pages(table) or {}
+                new = [h for h in pages if h not in known]
+                ranges = self.snapshot.rowid_ranges([pages[h] for h in new])
+                pages = {h: known[h] for h in pages if h in known} | dict(
+                    zip(new, ranges, strict=True)
+                )
+            self._pages_now[table.name] = pages
+        return self._pages_now[table.name]
+
+    def _scope(self, table: Table) -> list[tuple[int, int]] | None:
+        """Disjoint rowid ranges that hold every row which may differ from the shadow (see
+        the module's docstring); None when every row must be compared."""
+        now, recorded = self._current_pages(table), self._recorded_pages(table)
+        if now is None or recorded is None:
+            return None
+        ranges = sorted(
+            [recorded[h] for h in recorded.keys() - now.keys()]
+            + [now[h] for h in now.keys() - recorded.keys()]
+        )
+        merged: list[tuple[int, int]] = []
+        for first, last in ranges:
+            if first > last:  # a page with no rows
+                continue
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
+            else:
+                merged.append((first, last))
+        return merged
 
     def usable(self, table: Table) -> bool:
         """Whether a shadow of ``table`` exists, taken with the columns D1 has now."""
@@ -92,26 +146,30 @@ class Shadow:
         ).fetchone()
         return row is not None and row[0].decode() == self._layout(table)
 
-    def _unchanged(self, table: Table) -> bool:
-        digest = self._digest(table)
-        if digest is None:
-            return False
-        row = self.conn.execute(
-            f"SELECT digest FROM {TABLES} WHERE table_name = ?", [table.name]
-        ).fetchone()
-        return row is not None and row[0] is not None and row[0].decode() == digest
-
     def changes(self, table: Table) -> Changes:
         changes = Changes()
-        if self._unchanged(table):
+        scope = self._scope(table)
+        if scope == []:
             return changes
+        if scope is not None:
+            self.conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {SCOPE[5:]} (lo INTEGER, hi INTEGER)"
+            )
+            self.conn.execute(f"DELETE FROM {SCOPE}")
+            self.conn.executemany(f"INSERT INTO {SCOPE} VALUES (?, ?)", scope)
+
+        within = "" if scope is None else f"{SCOPE} r CROSS JOIN "  # ranges, then their rows
+
+        def where(rowid: str) -> str:
+            return "" if scope is None else f"{rowid} BETWEEN r.lo AND r.hi AND "
+
         name, pk = q(table.name), table.source_pk
         keys = ", ".join(f"{name}.{q(k)}" for k in pk)
         differs = " OR ".join(f"({sql}) IS NOT s.{q(col)}" for col, sql in self._projection(table))
         for rowid, *key in self.conn.execute(
-            f"""SELECT {name}.rowid, {keys} FROM main.{name}
+            f"""SELECT {name}.rowid, {keys} FROM {within}main.{name}
                 LEFT JOIN {ALIAS}.{name} s ON s._rowid = {name}.rowid
-                WHERE s._rowid IS NULL OR {differs}"""
+                WHERE {where(f"{name}.rowid")}(s._rowid IS NULL OR {differs})"""
         ):
             changes.rowids.append(rowid)
             changes.source_pks.append(source_pk_text(_decoded(key), rowid))
@@ -122,8 +180,9 @@ class Shadow:
         for rowid, present, *key in self.conn.execute(
             f"""SELECT s._rowid, EXISTS (SELECT 1 FROM main.{name} e WHERE {key_exists}),
                        {", ".join(f"s.{q(k)}" for k in pk)}
-                FROM {ALIAS}.{name} s LEFT JOIN main.{name} m ON m.rowid = s._rowid
-                WHERE m.rowid IS NULL OR NOT ({same_key})"""
+                FROM {within}{ALIAS}.{name} s
+                LEFT JOIN main.{name} m ON m.rowid = s._rowid
+                WHERE {where("s._rowid")}(m.rowid IS NULL OR NOT ({same_key}))"""
         ):
             changes.stale.append(rowid)
             if not present:
@@ -157,10 +216,17 @@ class Shadow:
         )
 
     def _record(self, table: Table) -> None:
+        """Record the layout and the page map: call once the shadow equals the snapshot."""
         self.conn.execute(
-            f"INSERT OR REPLACE INTO {TABLES} VALUES (?, ?, ?)",
-            [table.name, self._layout(table), self._digest(table)],
+            f"INSERT OR REPLACE INTO {TABLES} (table_name, layout) VALUES (?, ?)",
+            [table.name, self._layout(table)],
         )
+        pages = self._current_pages(table)
+        if pages is None:
+            self.conn.execute(f"DELETE FROM {PAGES} WHERE table_name = ?", [table.name])
+        elif pages != self._recorded_pages(table):
+            blob = b"".join(PAGE.pack(h, first, last) for h, (first, last) in pages.items())
+            self.conn.execute(f"INSERT OR REPLACE INTO {PAGES} VALUES (?, ?)", [table.name, blob])
 
     def replace_all(self, table: Table) -> None:
         """After a full load: the shadow becomes the whole source table."""
@@ -193,7 +259,8 @@ class Shadow:
         if self.conn.in_transaction:
             self.conn.execute(statement)
         self.conn.execute("BEGIN")
-        self._digests.clear()  # the new read transaction may see a newer source
+        self._pages_now.clear()  # the new read transaction may see a newer source
+        self._pages_recorded.clear()
         self._projections.clear()
 
 

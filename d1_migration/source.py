@@ -162,31 +162,55 @@ class Snapshot:
     def count(self, table: Table) -> int:
         return self._conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
 
-    def digest(self, table: Table) -> str | None:
-        """A hash of the table's b-tree pages, numbers and contents: equal digests mean equal
-        rows, so a re-sync need not compare a quiet table row by row. The pages are read from
+    def leaf_pages(self, table: Table) -> dict[bytes, int] | None:
+        """The table's leaf pages, as a hash of each page's bytes (and of its rows' overflow
+        pages) mapped to its page number. A page whose hash a re-sync has seen before holds the
+        same rows with the same values (shadow.py builds on that). The pages are read from
         the file while this snapshot's read lock keeps writers out, which only holds outside
         WAL mode; None there, or when this SQLite lacks the dbstat table that lists them."""
         if self._conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() == b"wal":
             return None
         try:
-            pages = sorted(
-                r[0]
-                for r in self._conn.execute(
-                    "SELECT pageno FROM dbstat WHERE schema = 'main' AND name = ?", [table.name]
-                )
-            )
+            listed = self._conn.execute(
+                "SELECT pageno, pagetype, path FROM dbstat WHERE schema = 'main' AND name = ?",
+                [table.name],
+            ).fetchall()
         except sqlite3.OperationalError:  # no such table: dbstat
             return None
-        size = self._conn.execute("PRAGMA main.page_size").fetchone()[0]
-        digest = hashlib.sha256(json.dumps(pages).encode())
+        leaves = sorted(pageno for pageno, kind, _ in listed if kind == b"leaf")
+        overflow: dict[bytes, list[int]] = {}  # leaf path -> overflow pages of its rows
+        for pageno, kind, path in listed:
+            if kind == b"overflow":  # path: the leaf's path, cell number, "+", overflow number
+                overflow.setdefault(path[: path.rindex(b"/") + 1], []).append(pageno)
+        spilling = {p: path for p, kind, path in listed if kind == b"leaf" and path in overflow}
+        size = self._page_size()
+        hashes: dict[bytes, int] = {}
+        with self._file() as fd:
+            for first, count in _runs(leaves):  # one read per run of adjacent pages
+                run = memoryview(os.pread(fd, count * size, (first - 1) * size))
+                for i in range(count):
+                    digest = hashlib.sha256(run[i * size : (i + 1) * size])
+                    for extra in overflow.get(spilling.get(first + i), ()):
+                        digest.update(os.pread(fd, size, (extra - 1) * size))
+                    hashes[digest.digest()[:16]] = first + i
+        return hashes
+
+    def rowid_ranges(self, pagenos: list[int]) -> list[tuple[int, int]]:
+        """(first, last) rowid of each table leaf page; (1, 0) for a page with no rows."""
+        size = self._page_size()
+        with self._file() as fd:
+            return [_leaf_rowids(os.pread(fd, size, (p - 1) * size), p == 1) for p in pagenos]
+
+    def _page_size(self) -> int:
+        return self._conn.execute("PRAGMA main.page_size").fetchone()[0]
+
+    @contextmanager
+    def _file(self) -> Iterator[int]:
         fd = os.open(self._path, os.O_RDONLY)
         try:
-            for first, count in _runs(pages):  # one read per run of adjacent pages
-                digest.update(os.pread(fd, count * size, (first - 1) * size))
+            yield fd
         finally:
             os.close(fd)
-        return digest.hexdigest()
 
     def choose(self, rowids: Iterable[int]) -> None:
         """Put ``rowids`` in CHOSEN_ROWS, for queries that read only those rows."""
@@ -240,6 +264,35 @@ class Snapshot:
                 }
                 out[rowid] = RawRow(source_pk_text([row.get(k) for k in pk], rowid), row)
         return out
+
+
+def _varint(page: bytes, at: int) -> tuple[int, int]:
+    """SQLite's big-endian varint at ``at``: (value, offset after it)."""
+    value = 0
+    for i in range(8):
+        byte = page[at + i]
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, at + i + 1
+    return (value << 8) | page[at + 8], at + 9
+
+
+def _leaf_rowids(page: bytes, first_page: bool) -> tuple[int, int]:
+    """First and last rowid on a table b-tree leaf page (its cells are in rowid order)."""
+    header = 100 if first_page else 0  # page 1 starts with the database header
+    if page[header] != 0x0D:
+        raise ValueError("not a table leaf page")
+    cells = int.from_bytes(page[header + 3 : header + 5], "big")
+    if not cells:
+        return 1, 0
+
+    def rowid(cell: int) -> int:
+        at = int.from_bytes(page[header + 8 + 2 * cell : header + 10 + 2 * cell], "big")
+        _, at = _varint(page, at)  # payload size
+        value = _varint(page, at)[0]
+        return value - (1 << 64) if value >= 1 << 63 else value
+
+    return rowid(0), rowid(cells - 1)
 
 
 def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:

@@ -166,12 +166,12 @@ def test_a_wal_database_being_written_is_read_from_one_consistent_state(tmp_path
 
 
 def test_a_quiet_table_is_not_compared_row_by_row(tmp_path):
-    """Equal page digests stand for equal rows: only a table whose pages changed is read."""
+    """Equal leaf pages stand for equal rows: only a table whose pages changed is read."""
     source, shadow_path = tmp_path / "d1.sqlite", tmp_path / "shadow.sqlite"
     build_sample_db(source, users=10, seed=1)
     users, habits = SCHEMA.table("users"), SCHEMA.table("habits")
     with SqliteSource(source).snapshot() as snapshot:
-        before = {t.name: snapshot.digest(t) for t in (users, habits)}
+        before = {t.name: snapshot.leaf_pages(t) for t in (users, habits)}
         shadow = Shadow(snapshot, shadow_path)
         for table in (users, habits):
             shadow.replace_all(table)
@@ -179,8 +179,8 @@ def test_a_quiet_table_is_not_compared_row_by_row(tmp_path):
     mutate(source, ["UPDATE habits SET name = 'Renamed' WHERE rowid = 1"])
     statements: list[str] = []
     with SqliteSource(source).snapshot() as snapshot:
-        assert snapshot.digest(users) == before["users"]
-        assert snapshot.digest(habits) != before["habits"]
+        assert snapshot.leaf_pages(users) == before["users"]
+        assert snapshot.leaf_pages(habits) != before["habits"]
         shadow = Shadow(snapshot, shadow_path)
         snapshot.connection.set_trace_callback(statements.append)
         assert not shadow.changes(users)
@@ -189,9 +189,82 @@ def test_a_quiet_table_is_not_compared_row_by_row(tmp_path):
     assert compared and all('"habits"' in s for s in compared)
 
 
-def test_a_wal_database_is_digested_only_through_its_copy(tmp_path):
-    """In WAL mode the file lacks the latest pages, so no digest; the run's backup copy is a
-    plain file again, which can be digested."""
+def _recorded(source, shadow_path, table):
+    with SqliteSource(source).snapshot() as snapshot:
+        shadow = Shadow(snapshot, shadow_path)
+        shadow.replace_all(table)
+        shadow.commit()
+
+
+def test_only_the_rows_of_changed_pages_are_compared(tmp_path):
+    """An update, an insert and a delete in a table of many pages: each is found, and the
+    comparison reads only the rowid ranges of the pages they touched."""
+    source, shadow_path = tmp_path / "d1.sqlite", tmp_path / "shadow.sqlite"
+    build_sample_db(source, users=100, seed=3)
+    ledger = SCHEMA.table("points_ledger")
+    _recorded(source, shadow_path, ledger)
+    with sqlite3.connect(source) as d1:
+        rows, last = d1.execute("SELECT count(*), max(rowid) FROM points_ledger").fetchone()
+        gone = d1.execute("SELECT id FROM points_ledger WHERE rowid = 7").fetchone()[0]
+        d1.execute(f"UPDATE points_ledger SET coins = coins + 1 WHERE rowid = {last // 2}")
+        d1.execute("DELETE FROM points_ledger WHERE rowid = 7")
+        d1.execute(
+            "INSERT INTO points_ledger (id, user_id, event_type, coins, xp, created_at) "
+            "SELECT 'new-row', user_id, event_type, 1, 1, created_at FROM points_ledger "
+            "WHERE rowid = 1"
+        )
+    statements: list[str] = []
+    with SqliteSource(source).snapshot() as snapshot:
+        shadow = Shadow(snapshot, shadow_path)
+        snapshot.connection.set_trace_callback(statements.append)
+        changes = shadow.changes(ledger)
+        scope = snapshot.connection.execute("SELECT lo, hi FROM temp.d1m_scope").fetchall()
+    assert sorted(changes.rowids) == [last // 2, last + 1]
+    assert changes.deleted == [[gone]]
+    assert rows > 1000 and 0 < sum(hi - lo + 1 for lo, hi in scope) < rows / 10
+    assert all("d1m_scope r CROSS JOIN" in s for s in statements if "LEFT JOIN" in s)
+
+
+def test_a_change_in_an_overflow_page_alone_is_found(tmp_path):
+    """SQLite rewrites a same-size value in place: a long text changed past the part kept on
+    its leaf page leaves that page byte for byte as it was. Its overflow pages are hashed
+    with it, so the change is still found."""
+    source, shadow_path = tmp_path / "d1.sqlite", tmp_path / "shadow.sqlite"
+    build_sample_db(source, users=10, seed=4)
+    users = SCHEMA.table("users")
+    mutate(source, [f"UPDATE users SET image = '{'a' * 20_000}' WHERE rowid = 2"])
+    _recorded(source, shadow_path, users)
+
+    def leaf_bytes() -> list[bytes]:
+        with sqlite3.connect(source) as d1:
+            leaves = d1.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'users' AND pagetype = 'leaf'"
+            ).fetchall()
+        data = source.read_bytes()
+        return [data[(p - 1) * 4096 : p * 4096] for (p,) in leaves]
+
+    before = leaf_bytes()
+    mutate(source, [f"UPDATE users SET image = '{'a' * 19_000}b{'a' * 999}' WHERE rowid = 2"])
+    assert leaf_bytes() == before  # only the overflow pages changed
+    with SqliteSource(source).snapshot() as snapshot:
+        assert Shadow(snapshot, shadow_path).changes(users).rowids == [2]
+
+
+def test_rowid_ranges_are_read_from_the_leaf_pages(tmp_path):
+    """Negative and 9-byte rowids decode as SQLite stores them."""
+    database = tmp_path / "d1.sqlite"
+    rowids = [-(2**63), -5, 0, 300, 2**56 + 1, 2**63 - 1]
+    with sqlite3.connect(database) as d1:
+        d1.execute("CREATE TABLE users (id TEXT PRIMARY KEY)")
+        d1.executemany("INSERT INTO users (rowid, id) VALUES (?, ?)", [(r, str(r)) for r in rowids])
+    with SqliteSource(database).snapshot() as snapshot:
+        pages = snapshot.leaf_pages(SCHEMA.table("users"))
+        assert snapshot.rowid_ranges(list(pages.values())) == [(rowids[0], rowids[-1])]
+
+
+def test_a_wal_database_is_paged_only_through_its_copy(tmp_path):
+    """In WAL mode the file lacks the latest pages, so none are listed; the run's backup copy
+    is a plain file again, whose pages can be read."""
     database = tmp_path / "wrangler-state.sqlite"
     build_sample_db(database, users=10, seed=2)
     users = SCHEMA.table("users")
@@ -200,10 +273,10 @@ def test_a_wal_database_is_digested_only_through_its_copy(tmp_path):
         app.execute("UPDATE users SET name = 'In the WAL only'")
         app.commit()
         with SqliteSource(database).snapshot() as snapshot:
-            assert snapshot.digest(users) is None
+            assert snapshot.leaf_pages(users) is None
         d1 = D1Source(path=str(database), copy_dir=str(tmp_path / "copies"))
         with d1.snapshot() as snapshot:
-            assert snapshot.digest(users) is not None
+            assert snapshot.leaf_pages(users)
             names = snapshot.connection.execute("SELECT DISTINCT name FROM users").fetchall()
     assert names == [(b"In the WAL only",)]
 
