@@ -153,6 +153,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                 )
                 checks.settled(table, result.source_rows)
                 yield from checks.finished()
+            shadow.checkpoint()  # while the last checks run
             yield from checks.finished(wait=True)
         for error in checks.errors:
             context.log.error(f"a check could not run: {error}")

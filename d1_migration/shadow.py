@@ -17,7 +17,8 @@ no page map (that value can change while its own pages do not) and is compared w
 The shadow is written only after Postgres committed the table, from the same source snapshot;
 if the process dies in between, the next sync re-applies those rows, which changes nothing.
 That also makes a shadow that is behind harmless, so it is written without waiting for the disk
-(WAL, synchronous=NORMAL): a crash can lose its last commits, never corrupt it.
+(WAL, synchronous=NORMAL): a crash can lose its last commits, never corrupt it. Its log is
+folded into the file once a run (checkpoint()), not during the table commits.
 
 A shadow belongs to one target database: its file is named after the target's sync token, so
 a new or rebuilt target starts with no shadow, which makes its first sync a full one.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import struct
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +65,13 @@ class Shadow:
         self.snapshot = snapshot
         self.conn: sqlite3.Connection = snapshot.connection
         path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(path)) as setup:  # persistent; not settable in a transaction
-            setup.execute("PRAGMA journal_mode = WAL")
+        if self.conn.in_transaction:  # no journal mode or safety level is set inside one
+            self.conn.execute("COMMIT")
         self.conn.execute(f"ATTACH DATABASE ? AS {ALIAS}", [f"{path.resolve().as_uri()}?mode=rwc"])
+        self.conn.execute(f"PRAGMA {ALIAS}.journal_mode = WAL")  # see the module docstring
+        self.conn.execute(f"PRAGMA {ALIAS}.synchronous = NORMAL")
+        self.conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoint() does it, once a run
+        self.conn.execute("BEGIN")
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLES} (table_name TEXT PRIMARY KEY, "
             "layout TEXT NOT NULL)"
@@ -250,6 +254,14 @@ class Shadow:
     def commit(self) -> None:
         """Persist the shadow; this ends the snapshot's read transaction, so start a new one."""
         self._end("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Commit, and fold the write-ahead log into the shadow file; once a run, when the
+        tables are done (the log holds every page the run wrote until then)."""
+        self._end("COMMIT")
+        self.conn.execute("COMMIT")
+        self.conn.execute(f"PRAGMA {ALIAS}.wal_checkpoint(TRUNCATE)")
+        self.conn.execute("BEGIN")
 
     def rollback(self) -> None:
         """Forget what a failed table wrote to the shadow since the last commit."""
