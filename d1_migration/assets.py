@@ -118,6 +118,8 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
         ):
             ensure_schema(conn, schema)
             shadow = Shadow(snapshot, sync.shadow_path(conn))
+            if sync.mode == "incremental":
+                shadow.prefetch([t for t in load_order(schema) if target_key(t.name) in selected])
             for table in load_order(schema):
                 if target_key(table.name) not in selected:  # its checks may be, run on their own
                     checks.settled(table, snapshot.count(table) if checks.wants(table) else None)

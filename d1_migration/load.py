@@ -671,12 +671,14 @@ def sync_all(
     """Every table (or the named ones), parents first, outside Dagster (tests, the gate)."""
     ensure_schema(conn, schema)
     wanted = set(tables) if tables is not None else {t.name for t in schema.tables}
+    order = [t for t in load_order(schema) if t.name in wanted]
+    if shadow is not None and incremental:
+        shadow.prefetch(order)
     results = {
         t.name: migrate_table(
             conn, snapshot, t, schema, run_id=run_id, shadow=shadow, incremental=incremental
         )
-        for t in load_order(schema)
-        if t.name in wanted
+        for t in order
     }
     if shadow is not None:
         shadow.checkpoint()

@@ -29,11 +29,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import struct
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from d1_migration.ddl import q
-from d1_migration.source import CHOSEN_ROWS, Snapshot, source_pk_text
+from d1_migration.source import CHOSEN_ROWS, Snapshot, SqliteSource, source_pk_text
 from d1_migration.spec import Table
 
 ALIAS = "shadow"
@@ -79,6 +81,8 @@ class Shadow:
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {PAGES} (table_name TEXT PRIMARY KEY, pages BLOB NOT NULL)"
         )
+        self._ahead: dict[str, Future] = {}  # see prefetch()
+        self._worker: ThreadPoolExecutor | None = None
         self._pages_now: dict[str, Ranges | None] = {}  # per read transaction, like:
         self._pages_recorded: dict[str, Ranges | None] = {}
         self._projections: dict[str, list[tuple[str, str]]] = {}
@@ -106,13 +110,33 @@ class Shadow:
             )
         return self._pages_recorded[table.name]
 
+    def prefetch(self, tables: Sequence[Table]) -> None:
+        """List and hash the leaf pages of ``tables`` ahead, in this order, in a worker thread
+        with a connection of its own: hashing then overlaps the loading of earlier tables
+        (SQLite and hashlib release the GIL). A result is used only if the file's change
+        counter shows the snapshot reading the same pages as the worker did."""
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d1m-pages")
+        for table in tables:
+            if not any(c.source_sql for c in table.columns):
+                self._ahead[table.name] = self._worker.submit(
+                    _pages_ahead, self.snapshot.path, table
+                )
+
+    def _leaf_pages(self, table: Table) -> dict[bytes, int] | None:
+        ahead = self._ahead.pop(table.name, None)
+        if ahead is not None:
+            counter, pages = ahead.result()
+            if counter == self.snapshot.change_counter():
+                return pages
+        return self.snapshot.leaf_pages(table)
+
     def _current_pages(self, table: Table) -> Ranges | None:
         """The source's leaf pages now, with their rowid ranges (taken from the recorded map
         for pages seen before, read from the page otherwise). None when the table has a
         derived column or the snapshot cannot list pages."""
         if table.name not in self._pages_now:
             reads_others = any(c.source_sql for c in table.columns)
-            pages = None if reads_others else self.snapshot.leaf_pages(table)
+            pages = None if reads_others else self._leaf_pages(table)
             if pages is not None:
                 known = self._recorded_pages(table) or {}
                 new = [h for h in pages if h not in known]
@@ -258,8 +282,11 @@ class Shadow:
     def checkpoint(self) -> None:
         """Commit, and fold the write-ahead log into the shadow file; once a run, when the
         tables are done (the log holds every page the run wrote until then)."""
+        if self._worker is not None:
+            self._worker.shutdown(cancel_futures=True)
+            self._ahead.clear()
         self._end("COMMIT")
-        self.conn.execute("COMMIT")
+        self.conn.execute("COMMIT")  # a checkpoint waits for open transactions, ours included
         self.conn.execute(f"PRAGMA {ALIAS}.wal_checkpoint(TRUNCATE)")
         self.conn.execute("BEGIN")
 
@@ -274,6 +301,11 @@ class Shadow:
         self._pages_now.clear()  # the new read transaction may see a newer source
         self._pages_recorded.clear()
         self._projections.clear()
+
+
+def _pages_ahead(path: Path, table: Table) -> tuple[bytes, dict[bytes, int] | None]:
+    with SqliteSource(path).snapshot() as snapshot:
+        return snapshot.change_counter(), snapshot.leaf_pages(table)
 
 
 def _decoded(keys: list) -> list:

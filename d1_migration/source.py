@@ -201,6 +201,18 @@ class Snapshot:
         with self._file() as fd:
             return [_leaf_rowids(os.pread(fd, size, (p - 1) * size), p == 1) for p in pagenos]
 
+    def change_counter(self) -> bytes:
+        """The file change counter of the database header, read under this snapshot's read
+        lock. SQLite bumps it on every commit outside WAL mode, so two read transactions that
+        see the same counter see the same pages."""
+        self._conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # take the lock
+        with self._file() as fd:
+            return os.pread(fd, 4, 24)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
     def _page_size(self) -> int:
         return self._conn.execute("PRAGMA main.page_size").fetchone()[0]
 

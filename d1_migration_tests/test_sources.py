@@ -225,6 +225,21 @@ def test_only_the_rows_of_changed_pages_are_compared(tmp_path):
     assert all("d1m_scope r CROSS JOIN" in s for s in statements if "LEFT JOIN" in s)
 
 
+def test_pages_hashed_ahead_are_not_trusted_after_a_write(tmp_path):
+    """Leaf pages are hashed ahead in a worker thread; when D1 is written between that read and
+    the snapshot's, the file change counter differs and the pages are hashed again."""
+    source, shadow_path = tmp_path / "d1.sqlite", tmp_path / "shadow.sqlite"
+    build_sample_db(source, users=10, seed=5)
+    habits = SCHEMA.table("habits")
+    _recorded(source, shadow_path, habits)
+    with SqliteSource(source).snapshot() as snapshot:
+        shadow = Shadow(snapshot, shadow_path)
+        shadow.prefetch([habits])
+        shadow._ahead["habits"].result()  # the worker has read the pages as they were
+        mutate(source, ["UPDATE habits SET name = 'Renamed' WHERE rowid = 1"])
+        assert shadow.changes(habits).rowids == [1]
+
+
 def test_a_change_in_an_overflow_page_alone_is_found(tmp_path):
     """SQLite rewrites a same-size value in place: a long text changed past the part kept on
     its leaf page leaves that page byte for byte as it was. Its overflow pages are hashed
