@@ -1,5 +1,6 @@
 """Materialize every table and run every check in one process; used by the CLI and the tests."""
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
@@ -66,12 +67,15 @@ def materialize_all(
     sync: SyncSettings | None = None,
     selection: str | AssetSelection = "key:pg/*",
 ) -> RunSummary:
-    """Every table and check (or ``selection`` of them), as `Materialize all` runs them."""
-    result = materialize(
-        [*ASSETS, *ASSET_CHECKS],
-        resources={"d1": d1, "postgres": postgres, "sync": sync or SyncSettings()},
-        instance=instance or DagsterInstance.ephemeral(),
-        selection=selection,
-        raise_on_error=False,
-    )
-    return summarize(result)
+    """Every table and check (or ``selection`` of them), as `Materialize all` runs them; in a
+    throwaway instance unless one is given (disposed here, so that its storage is not left to
+    the garbage collector of whichever thread happens to run it)."""
+    with ExitStack() as stack:
+        result = materialize(
+            [*ASSETS, *ASSET_CHECKS],
+            resources={"d1": d1, "postgres": postgres, "sync": sync or SyncSettings()},
+            instance=instance or stack.enter_context(DagsterInstance.ephemeral()),
+            selection=selection,
+            raise_on_error=False,
+        )
+        return summarize(result)
