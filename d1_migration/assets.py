@@ -114,7 +114,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
             d1.snapshot() as snapshot,
             postgres.connect() as conn,
             postgres.connect() as check_conn,
-            closing(CheckRunner(check_conn, schema, context.selected_asset_check_keys)) as checks,
+            closing(CheckRunner(check_conn, context.selected_asset_check_keys)) as checks,
         ):
             ensure_schema(conn, schema)
             shadow = Shadow(snapshot, sync.shadow_path(conn))

@@ -171,9 +171,7 @@ class CheckRunner:
     loaded by this run), one at a time on ``conn`` in a worker thread. Results come back in
     the order the checks started; a table that failed to sync gets none."""
 
-    def __init__(
-        self, conn: psycopg.Connection, schema: Schema, selected: set[AssetCheckKey]
-    ) -> None:
+    def __init__(self, conn: psycopg.Connection, selected: set[AssetCheckKey]) -> None:
         self._conn, self._selected = conn, selected
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d1m-checks")
         self._started: list[Future] = []
@@ -189,11 +187,13 @@ class CheckRunner:
     def settled(self, table: Table, source_rows: int | None) -> None:
         """``table`` will not change any more in this run; ``source_rows`` (D1's count, in the
         snapshot it was loaded from) is needed only if wants(table)."""
-        if self.wants(table):
-            key = target_key(table.name)
-            wanted = lambda name: AssetCheckKey(key, name) in self._selected  # noqa: E731
+        names = {k.name for k in self._selected if k.asset_key == target_key(table.name)}
+        if names:
             self._pending.append(
-                _Pending({table.name}, lambda c: table_check_results(c, table, source_rows, wanted))
+                _Pending(
+                    {table.name},
+                    lambda c: table_check_results(c, table, source_rows, names.__contains__),
+                )
             )
         for pending in list(self._pending):
             pending.waits_for.discard(table.name)

@@ -113,8 +113,8 @@ class Shadow:
     def prefetch(self, tables: Sequence[Table]) -> None:
         """List and hash the leaf pages of ``tables`` ahead, in this order, in a worker thread
         with a connection of its own: hashing then overlaps the loading of earlier tables
-        (SQLite and hashlib release the GIL). A result is used only if the file's change
-        counter shows the snapshot reading the same pages as the worker did."""
+        (SQLite and hashlib release the GIL). A result is used only if the snapshot reads the
+        same version of the file as the worker did (Snapshot.version)."""
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d1m-pages")
         for table in tables:
             if not any(c.source_sql for c in table.columns):
@@ -125,8 +125,8 @@ class Shadow:
     def _leaf_pages(self, table: Table) -> dict[bytes, int] | None:
         ahead = self._ahead.pop(table.name, None)
         if ahead is not None:
-            counter, pages = ahead.result()
-            if counter == self.snapshot.change_counter():
+            version, pages = ahead.result()
+            if version == self.snapshot.version():
                 return pages
         return self.snapshot.leaf_pages(table)
 
@@ -303,9 +303,9 @@ class Shadow:
         self._projections.clear()
 
 
-def _pages_ahead(path: Path, table: Table) -> tuple[bytes, dict[bytes, int] | None]:
+def _pages_ahead(path: Path, table: Table) -> tuple[tuple, dict[bytes, int] | None]:
     with SqliteSource(path).snapshot() as snapshot:
-        return snapshot.change_counter(), snapshot.leaf_pages(table)
+        return snapshot.version(), snapshot.leaf_pages(table)
 
 
 def _decoded(keys: list) -> list:

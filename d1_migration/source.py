@@ -149,6 +149,8 @@ class Snapshot:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self._path = path
+        stat = os.stat(path)  # the file the connection has just opened, for _file()
+        self._file_id = (stat.st_dev, stat.st_ino)
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -201,13 +203,13 @@ class Snapshot:
         with self._file() as fd:
             return [_leaf_rowids(os.pread(fd, size, (p - 1) * size), p == 1) for p in pagenos]
 
-    def change_counter(self) -> bytes:
-        """The file change counter of the database header, read under this snapshot's read
-        lock. SQLite bumps it on every commit outside WAL mode, so two read transactions that
-        see the same counter see the same pages."""
+    def version(self) -> tuple[int, int, bytes]:
+        """Which file this snapshot reads and in which state: its device and inode, and the
+        file change counter of its header, read under the read lock (SQLite bumps it on every
+        commit outside WAL mode). Two snapshots of the same version read the same pages."""
         self._conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # take the lock
         with self._file() as fd:
-            return os.pread(fd, 4, 24)
+            return (*self._file_id, os.pread(fd, 4, 24))
 
     @property
     def path(self) -> Path:
@@ -218,8 +220,13 @@ class Snapshot:
 
     @contextmanager
     def _file(self) -> Iterator[int]:
+        """The file, opened for reading pages beside SQLite; it must still be the one SQLite
+        has open (a file replaced under the same name would give another file's pages)."""
         fd = os.open(self._path, os.O_RDONLY)
         try:
+            stat = os.fstat(fd)
+            if (stat.st_dev, stat.st_ino) != self._file_id:
+                raise RuntimeError(f"{self._path} was replaced while being read; sync again")
             yield fd
         finally:
             os.close(fd)

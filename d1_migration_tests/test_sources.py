@@ -1,6 +1,8 @@
 """D1 as a file and as a `wrangler d1 export`; schema drift stops a run before any load."""
 
 import math
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -238,6 +240,24 @@ def test_pages_hashed_ahead_are_not_trusted_after_a_write(tmp_path):
         shadow._ahead["habits"].result()  # the worker has read the pages as they were
         mutate(source, ["UPDATE habits SET name = 'Renamed' WHERE rowid = 1"])
         assert shadow.changes(habits).rowids == [1]
+
+
+def test_a_file_replaced_during_a_run_is_not_read_beside_sqlite(tmp_path):
+    """Pages are read from the file by name, beside SQLite's connection: once another file
+    holds that name (here one with the pages recorded before the change SQLite sees), reading
+    them would hide the change, so the table fails instead."""
+    source, shadow_path = tmp_path / "d1.sqlite", tmp_path / "shadow.sqlite"
+    build_sample_db(source, users=10, seed=5)
+    habits = SCHEMA.table("habits")
+    _recorded(source, shadow_path, habits)
+    before = tmp_path / "before.sqlite"
+    shutil.copy(source, before)
+    mutate(source, ["UPDATE habits SET name = 'Renamed' WHERE rowid = 1"])
+    with SqliteSource(source).snapshot() as snapshot:
+        shadow = Shadow(snapshot, shadow_path)
+        os.replace(before, source)
+        with pytest.raises(RuntimeError, match="replaced"):
+            shadow.changes(habits)
 
 
 def test_a_change_in_an_overflow_page_alone_is_found(tmp_path):
