@@ -6,6 +6,7 @@ import resource
 import time
 from pathlib import Path
 
+import yaml
 from dagster import DagsterInstance
 
 from d1_migration.checks import QUARANTINE, ROW_PARITY
@@ -36,9 +37,9 @@ def demo_instance(workdir: Path) -> DagsterInstance:
     home = (workdir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     storage_url = embedded_postgres_url(workdir, DAGSTER_STORAGE_DB)
-    (home / "dagster.yaml").write_text(
-        f"storage:\n  postgres:\n    postgres_url: '{storage_url}'\n"
-    )
+    storage = {"module": "d1_migration.dagster_storage", "class": "PooledPostgresStorage"}
+    config = {"storage": {"custom": {**storage, "config": {"postgres_url": storage_url}}}}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return DagsterInstance.from_config(str(home))
 
 

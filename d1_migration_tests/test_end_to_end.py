@@ -117,6 +117,7 @@ def test_dagster_cli_materializes_everything_with_postgres_run_storage(
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home)
     storage_url, target_url = new_database(), new_database()
+    sessions_before = _sessions(storage_url)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -146,6 +147,18 @@ def test_dagster_cli_materializes_everything_with_postgres_run_storage(
     with psycopg.connect(storage_url) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
     assert target_url not in done.stdout + done.stderr
+    # The pooled storage of dagster.yaml: dagster-postgres alone opens ~2,000 connections here.
+    assert 0 < _sessions(storage_url) - sessions_before < 300
+
+
+def _sessions(url: str) -> int:
+    """Connections ever opened to the database of ``url`` (Postgres' statistics)."""
+    dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin) as conn:
+        return conn.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s", [dbname]
+        ).fetchone()[0]
 
 
 def _as_url(conninfo: str) -> str:
