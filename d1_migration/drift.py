@@ -7,7 +7,6 @@ but D1 lacks would fail mid-load; both stop the run instead, with the change to 
 import fnmatch
 from dataclasses import dataclass, field
 
-from d1_migration.ddl import q
 from d1_migration.source import Snapshot
 from d1_migration.spec import Schema
 
@@ -31,7 +30,6 @@ class Drift:
 
 
 def schema_drift(snapshot: Snapshot, schema: Schema, skip: tuple[str, ...] = ()) -> Drift:
-    conn = snapshot.connection
     patterns = INTERNAL_TABLES + tuple(skip)
     names = snapshot.table_names()
     drift = Drift(skipped=sorted(n for n in names if _matches(n, patterns)))
@@ -50,10 +48,7 @@ def schema_drift(snapshot: Snapshot, schema: Schema, skip: tuple[str, ...] = ())
                 "from d1_migration/tables.py or point D1_MIGRATION_SOURCE at the right database",
             )
             continue
-        actual = {
-            r[1].decode(): r[2].decode().upper()
-            for r in conn.execute(f"PRAGMA main.table_info({q(table.name)})")
-        }
+        actual = snapshot.columns(table.name)
         expected = {c.source_name: c.source_type for c in table.columns if c.source_name}
         for column in sorted(set(actual) - set(expected)):
             drift.add(

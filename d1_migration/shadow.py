@@ -90,8 +90,7 @@ class Shadow:
     def _projection(self, table: Table) -> list[tuple[str, str]]:
         """(shadow column, source SQL) pairs: every D1 column, then each derived value."""
         if table.name not in self._projections:
-            rows = self.conn.execute(f"PRAGMA main.table_info({q(table.name)})")
-            names = (r[1].decode() for r in rows)
+            names = self.snapshot.columns(table.name)
             pairs = [(name, f"{q(table.name)}.{q(name)}") for name in names]
             pairs += [(f"{c.name}__derived", c.source_sql) for c in table.columns if c.source_sql]
             self._projections[table.name] = pairs

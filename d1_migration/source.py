@@ -161,6 +161,11 @@ class Snapshot:
         rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         return [r[0].decode() for r in rows]
 
+    def columns(self, table: str) -> dict[str, str]:
+        """The columns D1 declares for ``table``, in order, with their declared types."""
+        rows = self._conn.execute(f"PRAGMA main.table_info({q(table)})")
+        return {r[1].decode(): r[2].decode().upper() for r in rows}
+
     def count(self, table: Table) -> int:
         return self._conn.execute(f"SELECT count(*) FROM {q(table.name)}").fetchone()[0]
 
@@ -266,7 +271,7 @@ class Snapshot:
         secret = {c.source_name for c in table.columns if c.secret}
         pk = table.source_pk
         out: dict[int, RawRow] = {}
-        names = [r[1].decode() for r in self._conn.execute(f"PRAGMA table_info({q(table.name)})")]
+        names = list(self.columns(table.name))
         typed = ", ".join(f"typeof({q(n)}), {q(n)}" for n in names)
         ids = sorted(set(rowids))
         for start in range(0, len(ids), 500):
