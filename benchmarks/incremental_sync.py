@@ -23,10 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
-import yaml
-from dagster import DagsterInstance
-
 from benchmarks.full_migration import recreate
+from d1_migration.dagster_storage import pooled_instance
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.sample_data import build_sample_db
@@ -97,17 +95,6 @@ def timed(label: str, run: callable) -> tuple[float, RunSummary]:
     return seconds, summary
 
 
-def dagster_instance(url: str, workdir: Path) -> DagsterInstance:
-    """An instance on a fresh database, with the storage of the project's dagster.yaml."""
-    recreate(url)
-    home = workdir / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load(Path("dagster.yaml").read_text())
-    config["storage"]["custom"]["config"]["postgres_url"] = url
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return DagsterInstance.from_config(str(home))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=10_000)
@@ -129,7 +116,10 @@ def main() -> None:
     d1, target = D1Source(path=str(source)), PostgresTarget(url=args.target)
     sync = SyncSettings(mode="incremental", state_dir=str(workdir / "sync_state"))
 
-    instance = dagster_instance(args.dagster_pg_url, workdir) if args.dagster_pg_url else None
+    instance = None
+    if args.dagster_pg_url:  # a fresh database, with the storage the project's dagster.yaml sets
+        recreate(args.dagster_pg_url)
+        instance = pooled_instance(workdir / "dagster_home", args.dagster_pg_url)
 
     def run() -> RunSummary:
         return materialize_all(d1, target, sync=sync, instance=instance)

@@ -6,11 +6,11 @@ import resource
 import time
 from pathlib import Path
 
-import yaml
 from dagster import DagsterInstance
 
 from d1_migration.checks import QUARANTINE, ROW_PARITY
 from d1_migration.cutover import cutover_check as run_cutover_check
+from d1_migration.dagster_storage import pooled_instance
 from d1_migration.definitions import SOURCE_ENV, STATE_DIR_ENV, TARGET_ENV
 from d1_migration.resources import (
     DEFAULT_WORKDIR,
@@ -34,13 +34,8 @@ def demo_instance(workdir: Path) -> DagsterInstance:
     """
     if os.environ.get("DAGSTER_HOME"):
         return DagsterInstance.get()
-    home = (workdir / "dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
     storage_url = embedded_postgres_url(workdir, DAGSTER_STORAGE_DB)
-    storage = {"module": "d1_migration.dagster_storage", "class": "PooledPostgresStorage"}
-    config = {"storage": {"custom": {**storage, "config": {"postgres_url": storage_url}}}}
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return DagsterInstance.from_config(str(home))
+    return pooled_instance((workdir / "dagster_home").resolve(), storage_url)
 
 
 def print_summary(summary: RunSummary, quarantine: list[tuple[str, str, int]]) -> None:

@@ -9,8 +9,11 @@ use it; a process holds one connection, plus short-lived extra ones while thread
 """
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import yaml
+from dagster import DagsterInstance
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 
@@ -33,3 +36,13 @@ class PooledPostgresStorage(DagsterPostgresStorage):
                 max_overflow=MAX_OVERFLOW,
             )
         return storage
+
+
+def pooled_instance(home: Path, postgres_url: str) -> DagsterInstance:
+    """An instance whose dagster.yaml, written in ``home``, puts its storage in
+    ``postgres_url`` through this class, as the project's dagster.yaml does."""
+    storage = {"module": __name__, "class": PooledPostgresStorage.__name__}
+    config = {"storage": {"custom": {**storage, "config": {"postgres_url": postgres_url}}}}
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return DagsterInstance.from_config(str(home))

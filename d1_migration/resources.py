@@ -126,7 +126,7 @@ def backup(path: Path, cache: Path) -> Path:
         closing(sqlite3.connect(target)) as copy,
     ):
         source.backup(copy)
-        # The copy inherits WAL mode; as a plain file it can be read page by page (digests).
+        # The copy inherits WAL mode; as a plain file its pages can be read (Snapshot.leaf_pages).
         copy.execute("PRAGMA journal_mode = DELETE")
     return target
 
