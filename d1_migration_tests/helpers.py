@@ -14,6 +14,15 @@ from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema
 from d1_migration.tables import SCHEMA
 
+ROOT = Path(__file__).resolve().parents[1]  # the project: dagster.yaml, README.md
+
+
+def as_url(conninfo: str) -> str:
+    """A libpq key=value string as a postgresql:// URL, which SQLAlchemy (Dagster) needs."""
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = params.get("user", "postgres")
+    return f"postgresql://{user}@{params['host']}:{params.get('port', 5432)}/{params['dbname']}"
+
 
 def sync(
     url: str, source: Path, shadow: Path | None, incremental: bool, schema: Schema = SCHEMA

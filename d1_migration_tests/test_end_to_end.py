@@ -18,8 +18,7 @@ from d1_migration.runner import materialize_all
 from d1_migration.sample_data import build_sample_db
 from d1_migration.tables import SCHEMA
 from d1_migration.transforms import uuid_for
-
-ROOT = Path(__file__).resolve().parents[1]
+from d1_migration_tests.helpers import ROOT, as_url
 
 
 def open_rejects(conn: psycopg.Connection) -> set[tuple[str, str, str]]:
@@ -121,9 +120,9 @@ def test_dagster_cli_materializes_everything_with_postgres_run_storage(
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": _as_url(storage_url),
+        "DAGSTER_PG_URL": as_url(storage_url),
         "D1_MIGRATION_SOURCE": str(real_d1),
-        "D1_MIGRATION_TARGET_URL": _as_url(target_url),
+        "D1_MIGRATION_TARGET_URL": as_url(target_url),
     }
     done = subprocess.run(
         [
@@ -159,12 +158,6 @@ def _sessions(url: str) -> int:
         return conn.execute(
             "SELECT sessions FROM pg_stat_database WHERE datname = %s", [dbname]
         ).fetchone()[0]
-
-
-def _as_url(conninfo: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    user = params.get("user", "postgres")
-    return f"postgresql://{user}@{params['host']}:{params.get('port', 5432)}/{params['dbname']}"
 
 
 def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
