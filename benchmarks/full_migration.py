@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from d1_migration.assets import SyncConfig
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.sample_data import build_sample_db
@@ -44,11 +45,11 @@ def main() -> None:
         print(f"built {source} in {time.perf_counter() - started:.1f} s")
     recreate(args.target)
     d1, target = D1Source(path=str(source)), PostgresTarget(url=args.target)
-    sync = SyncSettings(mode="full", state_dir=str(Path(args.workdir) / "sync"))
+    sync = SyncSettings(state_dir=str(Path(args.workdir) / "sync"))
 
     for label in ("full load", "re-run, no change"):
         started = time.perf_counter()
-        summary = materialize_all(d1, target, sync=sync)
+        summary = materialize_all(d1, target, sync=sync, config=SyncConfig(mode="full"))
         seconds = time.perf_counter() - started
         rows = sum(m["source_rows"] for m in summary.tables.values())
         changed = sum(m["inserted"] + m["updated"] + m["deleted"] for m in summary.tables.values())

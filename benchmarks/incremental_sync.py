@@ -114,7 +114,7 @@ def main() -> None:
     shutil.rmtree(workdir / "sync_state", ignore_errors=True)
     recreate(args.target)
     d1, target = D1Source(path=str(source)), PostgresTarget(url=args.target)
-    sync = SyncSettings(mode="incremental", state_dir=str(workdir / "sync_state"))
+    sync = SyncSettings(state_dir=str(workdir / "sync_state"))
 
     instance = None
     if args.dagster_pg_url:  # a fresh database, with the storage the project's dagster.yaml sets

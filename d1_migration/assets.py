@@ -7,26 +7,36 @@ parents before children.
 
 from collections.abc import Iterator
 from contextlib import closing
+from typing import Literal
 
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
+    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
     multi_asset,
 )
+from pydantic import Field
 
-from d1_migration.checks import CheckRunner, check_specs
-from d1_migration.ddl import ensure_schema, load_order
-from d1_migration.drift import schema_drift
+from d1_migration.checks import CheckRunner, ContentCheck, check_specs
+from d1_migration.drift import Drift
+from d1_migration.engine import SchemaDrift, Status, sync_tables
 from d1_migration.keys import source_key, target_key
-from d1_migration.load import TableResult, ancestors, migrate_table
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
-from d1_migration.shadow import Shadow
+from d1_migration.load import TableResult
+from d1_migration.resources import (
+    D1Source,
+    NotConfigured,
+    PostgresTarget,
+    SyncSettings,
+    require_source,
+)
 from d1_migration.spec import Schema, Table
+
+TABLE_STEP = "migrate_tables"  # the op that jobs configure (ops.migrate_tables.config)
 
 
 def source_asset(table: Table) -> AssetSpec:
@@ -78,6 +88,27 @@ def _metadata(result: TableResult) -> dict:
     }
 
 
+class SyncConfig(Config):
+    """How this run syncs (set per job, or in the launchpad under ``ops.migrate_tables``)."""
+
+    mode: Literal["incremental", "full"] = Field(
+        default="incremental",
+        description="incremental: only what changed since the last sync (the first sync of a "
+        "target is full either way); full: re-read, re-check and re-merge every row",
+    )
+    verify_slices: int = Field(
+        default=10,
+        ge=1,
+        description="matches_d1 verifies 1/N of each table per incremental sync, rotating, so "
+        "every row is verified within N syncs; 1 verifies every table whole. A full sync "
+        "always verifies whole.",
+    )
+
+    @property
+    def slices(self) -> int:
+        return 1 if self.mode == "full" else self.verify_slices
+
+
 def build_table_assets(schema: Schema) -> AssetsDefinition:
     """All 66 tables and their checks in one step: each table is still its own asset (own
     deps, metadata, checks, materializable alone), but Dagster's per-step cost is paid once
@@ -85,89 +116,98 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
     checks run beside the loading of the next tables (checks.py)."""
 
     @multi_asset(
-        name="migrate_tables",
+        name=TABLE_STEP,
         specs=[table_spec(t) for t in schema.tables],
         check_specs=check_specs(schema),
         can_subset=True,
     )
     def migrate_tables(
-        context: AssetExecutionContext, d1: D1Source, postgres: PostgresTarget, sync: SyncSettings
+        context: AssetExecutionContext,
+        config: SyncConfig,
+        d1: D1Source,
+        postgres: PostgresTarget,
+        sync: SyncSettings,
     ) -> Iterator[MaterializeResult | AssetCheckResult]:
-        selected = context.selected_asset_keys
-        failed: set[str] = set()
-        with d1.snapshot() as snapshot:  # before any data moves
-            drift = schema_drift(snapshot, schema, tuple(d1.skip_tables))
-        if drift.skipped:
-            context.log.info(f"D1 tables not migrated (internal): {', '.join(drift.skipped)}")
-        if drift:
+        try:
+            yield from _sync_step(context, config, d1, postgres, sync, schema)
+        except NotConfigured as problem:  # one clear message, before anything was written
+            raise Failure(description=str(problem)) from None
+        except SchemaDrift as drift:
             raise Failure(
-                description="D1's schema differs from the table spec; nothing was loaded:\n"
-                + "\n".join(f"- {problem}" for problem in drift.problems),
-                metadata={"schema_drift": MetadataValue.json(drift.problems)},
-            )
-        described = {
-            **d1.run_metadata(),
-            "target": postgres.describe(),
-            "d1_internal_tables_skipped": MetadataValue.json(drift.skipped),
-        }
-        with (
-            d1.snapshot() as snapshot,
-            postgres.connect() as conn,
-            postgres.connect() as check_conn,
-            closing(CheckRunner(check_conn, context.selected_asset_check_keys)) as checks,
-        ):
-            ensure_schema(conn, schema)
-            shadow = Shadow(snapshot, sync.shadow_path(conn))
-            if sync.mode == "incremental":
-                shadow.prefetch([t for t in load_order(schema) if target_key(t.name) in selected])
-            for table in load_order(schema):
-                if target_key(table.name) not in selected:  # its checks may be, run on their own
-                    checks.settled(table, snapshot.count(table) if checks.wants(table) else None)
-                    continue
-                if ancestors(schema, table) & failed:
-                    failed.add(table.name)
-                    checks.failed(table)
-                    context.log.error(f"{table.name}: not synced, an ancestor table failed")
-                    continue
-                try:
-                    result = migrate_table(
-                        conn,
-                        snapshot,
-                        table,
-                        schema,
-                        run_id=context.run.run_id,
-                        shadow=shadow,
-                        incremental=sync.mode == "incremental",
-                    )
-                except Exception:  # the table is unchanged (one transaction); go on with others
-                    shadow.rollback()
-                    failed.add(table.name)
-                    checks.failed(table)
-                    context.log.exception(f"{table.name}: sync failed, the table is unchanged")
-                    continue
-                if result.quarantined:
-                    context.log.warning(
-                        f"{table.name}: {result.quarantined} row(s) quarantined in "
-                        f"d1_migration.rejected_rows: {result.reasons}"
-                    )
-                yield MaterializeResult(
-                    asset_key=target_key(table.name), metadata={**_metadata(result), **described}
-                )
-                checks.settled(table, result.source_rows)
-                yield from checks.finished()
-            shadow.checkpoint()  # while the last checks run
-            yield from checks.finished(wait=True)
-        for error in checks.errors:
-            context.log.error(f"a check could not run: {error}")
-        problems = []
-        if failed:
-            problems.append(f"{len(failed)} table(s) not synced: {', '.join(sorted(failed))}")
-        if checks.errors:
-            problems.append(f"{len(checks.errors)} check(s) could not run")
-        if problems:
-            raise Failure("; ".join(problems))
+                description=str(drift),
+                metadata={"schema_drift": MetadataValue.json(drift.drift.problems)},
+            ) from None
 
     return migrate_tables
+
+
+def _sync_step(
+    context: AssetExecutionContext,
+    config: SyncConfig,
+    d1: D1Source,
+    postgres: PostgresTarget,
+    sync: SyncSettings,
+    schema: Schema,
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """The selected tables synced by the engine, each one's materialization and checks
+    yielded as soon as it is committed; fails at the end if a table or a check did not run."""
+    context.log.info(f"Syncing with {require_source(d1, postgres)}")
+    selected = {k.path[-1] for k in context.selected_asset_keys}
+    described = {**d1.run_metadata(), "target": postgres.describe()}
+    failed: list[str] = []
+    content = ContentCheck(d1.run_copy()["path"], schema, config.slices)
+
+    def drift_checked(drift: Drift) -> None:
+        if drift.skipped:
+            context.log.info(f"D1 tables not migrated (internal): {', '.join(drift.skipped)}")
+        described["d1_internal_tables_skipped"] = MetadataValue.json(drift.skipped)
+
+    with (
+        d1.snapshot() as snapshot,
+        postgres.connect() as conn,
+        postgres.connect() as check_conn,
+        closing(CheckRunner(check_conn, context.selected_asset_check_keys, content)) as checks,
+    ):
+        for outcome in sync_tables(
+            conn,
+            snapshot,
+            schema,
+            sync.shadow_path,
+            incremental=config.mode == "incremental",
+            run_id=context.run.run_id,
+            selected=selected,
+            skip_tables=tuple(d1.skip_tables),
+            on_drift_checked=drift_checked,
+        ):
+            table, result = outcome.table, outcome.result
+            if outcome.status is Status.UNSELECTED:  # its checks may be selected alone
+                checks.settled(table, snapshot.count(table) if checks.wants(table) else None)
+                continue
+            if result is None:
+                failed.append(table.name)
+                checks.failed(table)
+                context.log.error(f"{table.name}: not synced ({outcome.error})")
+                continue
+            if result.quarantined:
+                context.log.warning(
+                    f"{table.name}: {result.quarantined} row(s) quarantined in "
+                    f"d1_migration.rejected_rows: {result.reasons}"
+                )
+            yield MaterializeResult(
+                asset_key=target_key(table.name), metadata={**_metadata(result), **described}
+            )
+            checks.settled(table, result.source_rows)
+            yield from checks.finished()
+        yield from checks.finished(wait=True)
+    for error in checks.errors:
+        context.log.error(f"a check could not run: {error}")
+    problems = []
+    if failed:
+        problems.append(f"{len(failed)} table(s) not synced: {', '.join(sorted(failed))}")
+    if checks.errors:
+        problems.append(f"{len(checks.errors)} check(s) could not run")
+    if problems:
+        raise Failure("; ".join(problems))
 
 
 def build_assets(schema: Schema) -> list[AssetsDefinition | AssetSpec]:

@@ -11,6 +11,7 @@ Each check still shows on its own asset in the UI and can be run alone.
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from dagster import (
@@ -28,12 +29,15 @@ from d1_migration.ddl import BOOKKEEPING_SCHEMA, q
 from d1_migration.drift import schema_drift
 from d1_migration.keys import source_key, target_key
 from d1_migration.resources import D1Source
+from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema, Table
+from d1_migration.verify import last_verified_whole, next_slice, record, verify_table
 
 SCHEMA_MATCHES = "schema_matches_spec"
 ROW_PARITY = "row_parity"
 ORPHANED_FKS = "no_orphaned_fks"
 QUARANTINE = "quarantine"
+MATCHES_D1 = "matches_d1"
 WALLET = "wallet_matches_ledger"
 WALLET_TABLES = ("user_wallet", "points_ledger")
 SAMPLE = 20
@@ -113,10 +117,49 @@ def quarantine_summary(conn: psycopg.Connection, table: Table) -> AssetCheckResu
     )
 
 
+@dataclass(frozen=True)
+class ContentCheck:
+    """How ``matches_d1`` verifies: against which D1 file, and in how many rotating slices
+    (1: the whole table every time; the cutover gate and full rebuilds use 1)."""
+
+    source_path: Path
+    schema: Schema
+    slices: int = 1
+
+    def result(self, conn: psycopg.Connection, table: Table) -> AssetCheckResult:
+        """Reads D1 in a snapshot of its own (this runs beside the loads, in another thread)."""
+        part = next_slice(conn, table.name, self.slices)
+        with SqliteSource(self.source_path).snapshot() as snapshot:
+            found = verify_table(conn, snapshot, table, self.schema, part)
+        record(conn, found, self.slices)
+        return AssetCheckResult(
+            check_name=MATCHES_D1,
+            asset_key=target_key(table.name),
+            passed=found.passed,
+            description=None
+            if found.passed
+            else f"{found.differences} difference(s) from a fresh migration of D1 ({found.part})",
+            metadata={
+                "verified": str(found.part),
+                "compared_d1_rows": found.compared_rows,
+                "missing_in_postgres": found.missing,
+                "extra_in_postgres": found.extra,
+                "differing_rows": found.differing,
+                "quarantine_differences": found.quarantine_differences,
+                "id_map_differences": found.id_map_differences,
+                "differences": MetadataValue.json(found.samples),
+                "last_verified_whole_at": last_verified_whole(conn, table.name, self.slices)
+                or "not yet",
+                "seconds": found.seconds,
+            },
+        )
+
+
 def table_check_results(
     conn: psycopg.Connection,
     table: Table,
     source_rows: int,
+    content: ContentCheck | None,
     wanted: Callable[[str], bool] = lambda name: True,
 ) -> Iterator[AssetCheckResult]:
     """A table's checks (those ``wanted`` by name): for the asset checks and the cutover gate."""
@@ -126,6 +169,8 @@ def table_check_results(
         yield orphaned_fks(conn, table)
     if wanted(QUARANTINE):
         yield quarantine_summary(conn, table)
+    if content is not None and wanted(MATCHES_D1):
+        yield content.result(conn, table)
 
 
 def check_specs(schema: Schema) -> list[AssetCheckSpec]:
@@ -146,6 +191,15 @@ def check_specs(schema: Schema) -> list[AssetCheckSpec]:
         specs.append(
             AssetCheckSpec(
                 QUARANTINE, asset=key, description="Rows held back in d1_migration.rejected_rows"
+            )
+        )
+        specs.append(
+            AssetCheckSpec(
+                MATCHES_D1,
+                asset=key,
+                description="Every row, value and quarantine entry equals what a fresh "
+                "migration of D1 gives (a rotating slice per sync; whole at cutover and in "
+                "full_rebuild)",
             )
         )
     specs.append(
@@ -171,8 +225,10 @@ class CheckRunner:
     loaded by this run), one at a time on ``conn`` in a worker thread. Results come back in
     the order the checks started; a table that failed to sync gets none."""
 
-    def __init__(self, conn: psycopg.Connection, selected: set[AssetCheckKey]) -> None:
-        self._conn, self._selected = conn, selected
+    def __init__(
+        self, conn: psycopg.Connection, selected: set[AssetCheckKey], content: ContentCheck
+    ) -> None:
+        self._conn, self._selected, self._content = conn, selected, content
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d1m-checks")
         self._started: list[Future] = []
         self._pending: list[_Pending] = []
@@ -192,7 +248,9 @@ class CheckRunner:
             self._pending.append(
                 _Pending(
                     {table.name},
-                    lambda c: table_check_results(c, table, source_rows, names.__contains__),
+                    lambda c: table_check_results(
+                        c, table, source_rows, self._content, names.__contains__
+                    ),
                 )
             )
         for pending in list(self._pending):

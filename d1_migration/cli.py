@@ -11,9 +11,9 @@ from dagster import DagsterInstance
 from d1_migration.checks import QUARANTINE, ROW_PARITY
 from d1_migration.cutover import cutover_check as run_cutover_check
 from d1_migration.dagster_storage import pooled_instance
-from d1_migration.definitions import SOURCE_ENV, STATE_DIR_ENV, TARGET_ENV
 from d1_migration.resources import (
-    DEFAULT_WORKDIR,
+    SOURCE_ENV,
+    TARGET_ENV,
     D1Source,
     PostgresTarget,
     SyncSettings,
@@ -102,7 +102,7 @@ def cutover_check(args: argparse.Namespace) -> int:
         return 2
     d1 = D1Source(path=os.environ[SOURCE_ENV])
     postgres = PostgresTarget(url=os.environ.get(TARGET_ENV))
-    sync = SyncSettings(state_dir=os.environ.get(STATE_DIR_ENV, str(DEFAULT_WORKDIR / "sync")))
+    sync = SyncSettings()  # D1_MIGRATION_STATE_DIR, or the default
     print(f"Cutover check of {redacted(postgres.resolved_url())} against {d1.path}")
     verdict = run_cutover_check(d1, postgres, sync, SCHEMA)
     print(verdict.render())

@@ -2,7 +2,9 @@
 
 Ready means: a final sync brought Postgres up to date, a second sync right after found nothing
 to do (so D1 is quiet: nobody is still writing to it), and every check passes, the quarantine
-check included (at cutover a quarantined row is a row the app would lose).
+check included (at cutover a quarantined row is a row the app would lose), and matches_d1
+verifies every table whole. Both syncs go through the engine (engine.py), schema drift and
+per-table failures included: either one makes the verdict NOT READY, never a crash.
 """
 
 from dataclasses import dataclass, field
@@ -10,11 +12,11 @@ from dataclasses import dataclass, field
 import psycopg
 from dagster import AssetCheckResult, Failure, MetadataValue, OpExecutionContext, job, op
 
-from d1_migration.checks import ROW_PARITY, table_check_results, wallet_drift
-from d1_migration.ddl import BOOKKEEPING_SCHEMA, ensure_schema
-from d1_migration.load import TableResult, sync_all
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
-from d1_migration.shadow import Shadow
+from d1_migration.checks import ROW_PARITY, ContentCheck, table_check_results, wallet_drift
+from d1_migration.ddl import BOOKKEEPING_SCHEMA
+from d1_migration.engine import SchemaDrift, sync_tables
+from d1_migration.load import TableResult
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, require_source
 from d1_migration.spec import Schema
 
 
@@ -49,11 +51,46 @@ def _changes(result: TableResult) -> int:
     return result.inserted + result.updated + result.deleted
 
 
-def _checks(conn: psycopg.Connection, synced: dict[str, TableResult], schema: Schema) -> list:
-    results: list[AssetCheckResult] = [wallet_drift(conn)]
-    for table in schema.tables:
-        results += table_check_results(conn, table, synced[table.name].source_rows)
-    return results
+def _sync(
+    d1: D1Source, postgres: PostgresTarget, sync: SyncSettings, schema: Schema, run_id: str | None
+) -> tuple[dict[str, TableResult], list[str]]:
+    """One incremental sync through the engine: the synced tables' results, and a reason for
+    every table that did not sync (or for each schema difference, when nothing synced)."""
+    results: dict[str, TableResult] = {}
+    reasons: list[str] = []
+    with d1.snapshot() as snapshot, postgres.connect() as conn:
+        try:
+            for outcome in sync_tables(
+                conn,
+                snapshot,
+                schema,
+                sync.shadow_path,
+                incremental=True,
+                run_id=run_id,
+                skip_tables=tuple(d1.skip_tables),
+            ):
+                if outcome.result is not None:
+                    results[outcome.table.name] = outcome.result
+                elif outcome.error is not None:
+                    reasons.append(f"pg/{outcome.table.name} was not synced: {outcome.error}")
+        except SchemaDrift as drift:
+            reasons += [f"schema drift: {problem}" for problem in drift.drift.problems]
+    return results, reasons
+
+
+def _failure(result: AssetCheckResult) -> str:
+    """A failed check as one readable line: what failed, then its figures."""
+    figures = []
+    for name, value in result.metadata.items():
+        value = getattr(value, "value", value)
+        if name in ("details", "inspect_with") or value in ({}, [], 0, None):
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value[:10])) + (" ..." if len(value) > 10 else "")
+        figures.append(f"{name.replace('_', ' ')}: {value}")
+    return f"{result.asset_key.to_user_string()} {result.check_name} failed; " + "; ".join(figures)
 
 
 def cutover_check(
@@ -63,42 +100,38 @@ def cutover_check(
     schema: Schema,
     run_id: str | None = None,
 ) -> Verdict:
-    reasons: list[str] = []
+    require_source(d1, postgres)
+    final, reasons = _sync(d1, postgres, sync, schema, run_id)
+    if reasons:  # a table that did not sync cannot be checked against D1: stop here
+        return Verdict(ready=False, reasons=reasons)
     with postgres.connect() as conn:
-        ensure_schema(conn, schema)
-        with d1.snapshot() as snapshot:
-            shadow = Shadow(snapshot, sync.shadow_path(conn))
-            final = sync_all(conn, snapshot, schema, shadow, incremental=True, run_id=run_id)
         quarantine_before = _open_quarantine(conn)
-        d1.refresh()  # the second sync must see D1 as it is now (a live source is re-copied)
-        with d1.snapshot() as snapshot:
-            shadow = Shadow(snapshot, sync.shadow_path(conn))
-            quiet = sync_all(conn, snapshot, schema, shadow, incremental=True, run_id=run_id)
-        results = _checks(conn, quiet, schema)
+    d1.refresh()  # the second sync must see D1 as it is now (a live source is re-copied)
+    quiet, reasons = _sync(d1, postgres, sync, schema, run_id)
+    if reasons:
+        return Verdict(ready=False, reasons=reasons)
+    content = ContentCheck(d1.run_copy()["path"], schema, slices=1)  # every table, whole
+    with postgres.connect() as conn:
+        results: list[AssetCheckResult] = [wallet_drift(conn)]
+        for table in schema.tables:
+            results += table_check_results(conn, table, quiet[table.name].source_rows, content)
         busy = {name: _changes(r) for name, r in quiet.items() if _changes(r)}
         if busy:
-            reasons.append(f"D1 is still changing: a second sync changed {busy}")
+            changed = ", ".join(f"{name} ({n} rows)" for name, n in sorted(busy.items()))
+            reasons.append(f"D1 is still changing: a second sync changed {changed}")
         if _open_quarantine(conn) != quarantine_before:
             reasons.append("D1 is still changing: the quarantine changed on a second sync")
-
-        for result in results:
-            if not result.passed:
-                detail = {
-                    k: v.value if hasattr(v, "value") else v
-                    for k, v in result.metadata.items()
-                    if k not in ("details", "inspect_with")
-                }
-                reasons.append(f"{result.asset_key.to_user_string()} {result.check_name}: {detail}")
-        parity = {r.asset_key.path[-1]: r.metadata for r in results if r.check_name == ROW_PARITY}
-        tables = {
-            name: {
-                "source_rows": r.source_rows,
-                "target_rows": parity[name]["target_rows"].value,
-                "quarantined": parity[name]["quarantined_rows"].value,
-                "final_sync_changes": _changes(final[name]),
-            }
-            for name, r in quiet.items()
+    reasons += [_failure(result) for result in results if not result.passed]
+    parity = {r.asset_key.path[-1]: r.metadata for r in results if r.check_name == ROW_PARITY}
+    tables = {
+        name: {
+            "source_rows": r.source_rows,
+            "target_rows": parity[name]["target_rows"].value,
+            "quarantined": parity[name]["quarantined_rows"].value,
+            "final_sync_changes": _changes(final[name]),
         }
+        for name, r in quiet.items()
+    }
     return Verdict(ready=not reasons, reasons=reasons, tables=tables)
 
 

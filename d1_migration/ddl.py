@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_state (
     changed_at TIMESTAMPTZ
 );
 ALTER TABLE {BOOKKEEPING_SCHEMA}.sync_state ADD COLUMN IF NOT EXISTS changed_at TIMESTAMPTZ;
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.verified_slices (
+    table_name TEXT NOT NULL,
+    slices INTEGER NOT NULL,
+    slice INTEGER NOT NULL,
+    verified_at TIMESTAMPTZ NOT NULL,
+    passed BOOLEAN NOT NULL,
+    PRIMARY KEY (table_name, slices, slice)
+);
 CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_token (
     token UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()

@@ -12,17 +12,21 @@ from dagster import (
     in_process_executor,
 )
 
-from d1_migration.assets import build_assets
+from d1_migration.assets import TABLE_STEP, build_assets
 from d1_migration.checks import build_source_checks
 from d1_migration.cutover import build_cutover_job
 from d1_migration.keys import TARGET_PREFIX
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.resources import (
+    SOURCE_ENV,
+    STATE_DIR_ENV,
+    TARGET_ENV,
+    TOKEN_ENV,
+    D1Source,
+    PostgresTarget,
+    SyncSettings,
+)
 from d1_migration.tables import SCHEMA
 
-SOURCE_ENV = "D1_MIGRATION_SOURCE"
-TARGET_ENV = "D1_MIGRATION_TARGET_URL"
-STATE_DIR_ENV = "D1_MIGRATION_STATE_DIR"
-TOKEN_ENV = "CLOUDFLARE_API_TOKEN"
 CRON_ENV = "D1_MIGRATION_SYNC_CRON"
 DEFAULT_CRON = "*/10 * * * *"
 # dagster.yaml limits runs carrying this tag to one at a time: syncs queue, never overlap.
@@ -31,7 +35,8 @@ SYNC_TAG = {"d1_migration/sync": "target"}
 
 def _from_env(**fields: str) -> dict:
     """Resource fields bound to the environment variables that are set (EnvVar keeps their
-    values out of the UI); fields whose variable is unset keep their defaults."""
+    values out of the UI). The resources also read the variables themselves at run time, so
+    a launchpad config that replaces a resource's fields keeps the ones it does not set."""
     return {field: EnvVar(name) for field, name in fields.items() if os.environ.get(name)}
 
 
@@ -45,7 +50,9 @@ def build_resources() -> dict:
 
 
 def _sync_mode(mode: str) -> dict:
-    return {"resources": {"sync": {"config": {"mode": mode}}}}
+    """Run config of the table step only: configuring a resource here would replace its
+    whole config, environment-bound fields included."""
+    return {"ops": {TABLE_STEP: {"config": {"mode": mode}}}}
 
 
 migrate_job = define_asset_job(

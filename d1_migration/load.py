@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -28,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg.types.json import Jsonb
 
-from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, ensure_schema, load_order, q
+from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, q
 from d1_migration.shadow import Changes, Shadow
 from d1_migration.source import ROWID, Snapshot, source_pk_text
 from d1_migration.spec import Kind, Schema, Table
@@ -237,6 +236,31 @@ class TableLoad:
 
     def _delete_returning(self, sql: str, params: list | None = None) -> list[tuple]:
         return self.conn.execute(sql, params).fetchall()
+
+    def widen_scope(self, snapshot: Snapshot, batch_rows: int) -> list[int]:
+        """Stage the source rows outside the scope that the staged rows can reach (see
+        collisions() and descendants()), until none is left; returns their rowids. Raises
+        NeedsFullLoad where a target row has no source row: only a full load can tell."""
+        added: list[int] = []
+        for _ in range(5):
+            outside = (self.collisions() | self.descendants()) - self.scope_pks
+            if not outside:
+                return added
+            more = snapshot.rowids_of(self.table, sorted(outside))
+            if len(more) != len(outside):
+                raise NeedsFullLoad
+            self.scope_pks |= outside
+            self.stage_rows(snapshot, batch_rows, more)
+            added += more
+        raise NeedsFullLoad
+
+    def apply_rules(self) -> None:
+        """Move the staged rows Postgres would refuse, or the map forbids, to the rejects: the
+        table's CHECKs, then its UNIQUE keys, then FKs, then derived values."""
+        self.reject_checks()
+        self.reject_duplicates()
+        self.reject_orphans()
+        self.reject_underived()
 
     def reject_checks(self) -> None:
         pk = q(self.table.primary_key[0])
@@ -509,10 +533,7 @@ def _upstream(conn: psycopg.Connection, schema: Schema, table: Table) -> Upstrea
 
 
 def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> Counts:
-    load.reject_checks()
-    load.reject_duplicates()
-    load.reject_orphans()
-    load.reject_underived()
+    load.apply_rules()
     inserted, updated, removed = load.merge()
     load.record_quarantine(snapshot, run_id)
     return inserted, updated, removed, load.record_id_map()
@@ -553,7 +574,7 @@ def _incremental_load(
             )
         ]
     load = TableLoad(conn, table, schema, scoped=True)
-    rowids = sorted(set(changes.rowids) | set(shadow.rowids_of(table, retry)))
+    rowids = sorted(set(changes.rowids) | set(snapshot.rowids_of(table, retry)))
     if not rowids and not changes.deleted:
         return load, (0, 0, 0, 0), [], changes
     # A scope is small and the target's pages are cached: probing its indexes beats scanning it,
@@ -565,18 +586,7 @@ def _incremental_load(
     load.scope_pks = {*changes.source_pks, *retry, *changes.deleted_pks}
     load.touch_deleted(changes.deleted)
     load.stage_rows(snapshot, batch_rows, rowids)
-    for _ in range(5):
-        outside = (load.collisions() | load.descendants()) - load.scope_pks
-        if not outside:
-            break
-        more = shadow.rowids_of(table, sorted(outside))
-        if len(more) != len(outside):
-            raise NeedsFullLoad  # a target row with no source row: only a full load can tell
-        load.scope_pks |= outside
-        load.stage_rows(snapshot, batch_rows, more)
-        rowids += more
-    else:
-        raise NeedsFullLoad
+    rowids += load.widen_scope(snapshot, batch_rows)
     counts = _finish(load, snapshot, run_id)
     load.drop_indexes(temporary_indexes)
     return load, counts, rowids, changes
@@ -657,29 +667,3 @@ def migrate_table(
         seconds=round(time.perf_counter() - started, 3),
         reasons=dict(Counter(r.code for r in load.rejects)),
     )
-
-
-def sync_all(
-    conn: psycopg.Connection,
-    snapshot: Snapshot,
-    schema: Schema,
-    shadow: Shadow | None,
-    incremental: bool,
-    run_id: str | None = None,
-    tables: Iterable[str] | None = None,
-) -> dict[str, TableResult]:
-    """Every table (or the named ones), parents first, outside Dagster (tests, the gate)."""
-    ensure_schema(conn, schema)
-    wanted = set(tables) if tables is not None else {t.name for t in schema.tables}
-    order = [t for t in load_order(schema) if t.name in wanted]
-    if shadow is not None and incremental:
-        shadow.prefetch(order)
-    results = {
-        t.name: migrate_table(
-            conn, snapshot, t, schema, run_id=run_id, shadow=shadow, incremental=incremental
-        )
-        for t in order
-    }
-    if shadow is not None:
-        shadow.checkpoint()
-    return results

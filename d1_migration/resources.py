@@ -1,7 +1,10 @@
-"""Dagster resources: where D1 is read from and where Postgres is written to.
+"""Dagster resources: where D1 is read from, where Postgres is written to, where sync state lives.
 
-The target URL comes from ``D1_MIGRATION_TARGET_URL`` through ``EnvVar``, so Dagster never shows
-it; with no URL an embedded PostgreSQL (pgserver) is started in a project-local directory.
+Each setting is read from its resource field when set, else from its environment variable at
+run time, so a job or launchpad config that sets one field of a resource never loses the
+others (Dagster replaces a resource's whole config). With neither source nor target set the
+demo applies: the demo D1 file and an embedded PostgreSQL (pgserver) in a project-local
+directory; a target with no source is refused, so the demo never overwrites a real database.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Literal
 
 import psycopg
 from dagster import ConfigurableResource
@@ -27,18 +29,35 @@ from d1_migration.source import Snapshot, SqliteSource
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = Path(".d1_migration")
+DEMO_SOURCE = DEFAULT_WORKDIR / "demo.sqlite"
 EMBEDDED_DATABASE = "d1_target"
+SOURCE_ENV = "D1_MIGRATION_SOURCE"
+TARGET_ENV = "D1_MIGRATION_TARGET_URL"
+STATE_DIR_ENV = "D1_MIGRATION_STATE_DIR"
+TOKEN_ENV = "CLOUDFLARE_API_TOKEN"
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class NotConfigured(Exception):
+    """A setting that must be given is missing; nothing was read or written."""
+
+
+def configured_target(url: str | None) -> str | None:
+    """The target URL a run uses: the resource's, else the environment's; None: embedded."""
+    return url or os.environ.get(TARGET_ENV) or None
 
 
 class D1Source(ConfigurableResource):
     """The D1 database: a SQLite file (a copy of production, or wrangler's local state file),
     a `wrangler d1 export` .sql file, or the live database as d1://<account_id>/<database_id>."""
 
-    path: str = Field(
-        default=str(DEFAULT_WORKDIR / "demo.sqlite"),
-        description="A D1 SQLite file, a .sql export or d1://<account>/<database> "
-        "(env D1_MIGRATION_SOURCE).",
+    path: str | None = Field(
+        default=None,
+        description="A D1 SQLite file, a .sql export or d1://<account>/<database>; unset: "
+        f"env {SOURCE_ENV}, else the demo file {DEMO_SOURCE} when no target is configured "
+        "either.",
     )
+
     copy_dir: str = Field(
         default=str(DEFAULT_WORKDIR / "copies"),
         description="Where a run's copy of the source is kept: a replayed .sql export (once "
@@ -71,26 +90,43 @@ class D1Source(ConfigurableResource):
             self._copy = self._settle()
         return self._copy
 
+    def configured_source(self) -> str | None:
+        return self.path or os.environ.get(SOURCE_ENV) or None
+
+    def source(self) -> str:
+        """The D1 database this run reads: the demo file when none is configured (allowed
+        only without a configured target: see require_sources)."""
+        return self.configured_source() or str(DEMO_SOURCE)
+
     def _settle(self) -> dict:
         cache = Path(self.copy_dir)
-        if self.path.startswith("d1://"):
-            database = D1Database.parse(self.path)
-            token = self.api_token or os.environ.get("CLOUDFLARE_API_TOKEN")
+        source = self.source()
+        if source.startswith("d1://"):
+            database = D1Database.parse(source)
+            token = self.api_token or os.environ.get(TOKEN_ENV)
             if not token:
-                raise ValueError("A d1:// source needs CLOUDFLARE_API_TOKEN")
+                raise NotConfigured(f"A d1:// source needs {TOKEN_ENV}")
             local = cache / f"d1-{database.database_id}.sqlite"
             api = D1Api(database, token, self.api_base_url)
             bookmark = copy_database(api, local, self.api_page_rows)
             log.info("Copied live D1 %s at Time Travel bookmark %s", database.database_id, bookmark)
             return {"path": local, "bookmark": bookmark}
-        path = Path(self.path)
+        path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"No D1 database at {self.path}. Set D1_MIGRATION_SOURCE to your D1 SQLite file "
+            raise NotConfigured(
+                f"No D1 database at {source}. Set {SOURCE_ENV} to your D1 SQLite file "
                 "or `wrangler d1 export` file, or run `d1-migration demo` to build a sample."
             )
         if path.suffix.lower() == ".sql":
             return {"path": replayed_path(path, cache)}
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+        if header != SQLITE_HEADER:
+            what = "is empty (0 bytes)" if not header else "is not a SQLite database"
+            raise NotConfigured(
+                f"The D1 source {path} {what}: point {SOURCE_ENV} at a D1 SQLite file, a "
+                "`wrangler d1 export` .sql file or d1://<account_id>/<database_id>"
+            )
         if journal_mode(path) == "wal":
             return {"path": backup(path, cache)}
         return {"path": path}
@@ -172,7 +208,11 @@ class PostgresTarget(ConfigurableResource):
     )
 
     def resolved_url(self) -> str:
-        return self.url or embedded_postgres_url(Path(self.workdir))
+        url = configured_target(self.url)
+        if url is None:
+            url = embedded_postgres_url(Path(self.workdir))
+            log.info("No %s set: using the embedded target in %s", TARGET_ENV, self.workdir)
+        return url
 
     def describe(self) -> str:
         return redacted(self.resolved_url())
@@ -184,23 +224,40 @@ class PostgresTarget(ConfigurableResource):
 
 
 class SyncSettings(ConfigurableResource):
-    """How tables are brought up to date: one setting for all 66 assets.
+    """Where sync state is kept. (How a run syncs, incremental or full, is the table step's
+    run config: assets.SyncConfig.)"""
 
-    ``incremental`` processes only what changed since the last sync (the first sync of a
-    target is full either way); ``full`` re-reads and re-checks every row.
-    """
+    state_dir: str | None = Field(
+        default=None,
+        description="Where the shadow of each target is kept; unset: env "
+        f"{STATE_DIR_ENV}, else {DEFAULT_WORKDIR / 'sync'}. Keep it on persistent disk, or "
+        "every sync is a full one.",
+    )
 
-    mode: Literal["incremental", "full"] = Field(
-        default="incremental", description="incremental (default) or full"
-    )
-    state_dir: str = Field(
-        default=str(DEFAULT_WORKDIR / "sync"),
-        description="Where the shadow of each target is kept (env D1_MIGRATION_STATE_DIR); "
-        "keep it on persistent disk, or every sync is a full one.",
-    )
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_WORKDIR / "sync")
 
     def shadow_path(self, conn: psycopg.Connection) -> Path:
         """One shadow per target database, named by the target's sync token (which the
         bookkeeping schema creates: ensure the schema first)."""
         token = conn.execute("SELECT token FROM d1_migration.sync_token").fetchone()[0]
-        return Path(self.state_dir) / f"shadow-{token}.sqlite"
+        return self.resolved_state_dir() / f"shadow-{token}.sqlite"
+
+
+def require_source(d1: D1Source, postgres: PostgresTarget) -> str:
+    """Refuse a configured target with no configured source, before anything is read or
+    written: the demo file must never be synced into a real database (a sync deletes every
+    target row the source lacks). Returns how the run's endpoints were chosen, for logs."""
+    source, target = d1.configured_source(), configured_target(postgres.url)
+    if target and not source:
+        raise NotConfigured(
+            f"{SOURCE_ENV} is not set, but a target database is ({TARGET_ENV} or the postgres "
+            f"resource): set {SOURCE_ENV} to your D1 database; nothing was read or written"
+        )
+    described = [f"source {source}" if source else f"demo source {DEMO_SOURCE.resolve()}"]
+    described.append(
+        f"target {redacted(target)}"
+        if target
+        else f"embedded target in {(Path(postgres.workdir) / 'pgdata').resolve()}"
+    )
+    return ", ".join(described)

@@ -3,8 +3,9 @@
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, RunConfig, materialize
 
+from d1_migration.assets import TABLE_STEP, SyncConfig
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 
@@ -66,8 +67,10 @@ def materialize_all(
     instance: DagsterInstance | None = None,
     sync: SyncSettings | None = None,
     selection: str | AssetSelection = "key:pg/*",
+    config: SyncConfig | None = None,
 ) -> RunSummary:
-    """Every table and check (or ``selection`` of them), as `Materialize all` runs them; in a
+    """Every table and check (or ``selection`` of them), as `Materialize all` runs them (with
+    the table step's ``config``: incremental by default, like the UI); in a
     throwaway instance unless one is given (disposed here, so that its storage is not left to
     the garbage collector of whichever thread happens to run it)."""
     with ExitStack() as stack:
@@ -76,6 +79,7 @@ def materialize_all(
             resources={"d1": d1, "postgres": postgres, "sync": sync or SyncSettings()},
             instance=instance or stack.enter_context(DagsterInstance.ephemeral()),
             selection=selection,
+            run_config=RunConfig(ops={TABLE_STEP: config or SyncConfig()}),
             raise_on_error=False,
         )
         return summarize(result)

@@ -217,22 +217,6 @@ class Shadow:
                 changes.deleted_pks.append(source_pk_text(changes.deleted[-1], rowid))
         return changes
 
-    def rowids_of(self, table: Table, source_pks: list[str]) -> list[int]:
-        """Current rowids of rows named by source_pk_text (quarantined rows to retry)."""
-        rowids = []
-        for source_pk in source_pks:
-            if source_pk.startswith("rowid:"):
-                rowids.append(int(source_pk[6:]))
-                continue
-            keys = json.loads(source_pk) if len(table.source_pk) > 1 else [source_pk]
-            where = " AND ".join(f"{q(k)} = ?" for k in table.source_pk)
-            found = self.conn.execute(
-                f"SELECT rowid FROM main.{q(table.name)} WHERE {where}", keys
-            ).fetchone()
-            if found:
-                rowids.append(found[0])
-        return rowids
-
     def _copy_rows(self, table: Table, where: str = "") -> None:
         name = q(table.name)
         projection = self._projection(table)

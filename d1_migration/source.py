@@ -246,6 +246,36 @@ class Snapshot:
             f"INSERT OR IGNORE INTO {CHOSEN_ROWS} VALUES (?)", ((r,) for r in rowids)
         )
 
+    def rowids_of(self, table: Table, source_pks: list[str]) -> list[int]:
+        """Current rowids of rows named by source_pk_text (quarantined rows to retry)."""
+        rowids = []
+        for source_pk in source_pks:
+            if source_pk.startswith("rowid:"):
+                rowids.append(int(source_pk[6:]))
+                continue
+            keys = json.loads(source_pk) if len(table.source_pk) > 1 else [source_pk]
+            where = " AND ".join(f"{q(k)} = ?" for k in table.source_pk)
+            found = self._conn.execute(
+                f"SELECT rowid FROM main.{q(table.name)} WHERE {where}", keys
+            ).fetchone()
+            if found:
+                rowids.append(found[0])
+        return rowids
+
+    def slice_rows(self, table: Table, index: int, count: int) -> tuple[list[int], set[str]]:
+        """Rowids and keys (source_pk_text) of every ``count``-th row by rowid, from ``index``:
+        a slice of the table that the next slices complete (verify.py)."""
+        keys = ", ".join(q(k) for k in table.source_pk)
+        rowids, pks = [], set()
+        for rowid, *key in self._conn.execute(
+            f"SELECT rowid, {keys} FROM main.{q(table.name)} "
+            "WHERE ((rowid % ?) + ?) % ? = ? ORDER BY rowid",
+            [count, count, count, index],
+        ):
+            rowids.append(rowid)
+            pks.add(source_pk_text([k.decode() if isinstance(k, bytes) else k for k in key], rowid))
+        return rowids, pks
+
     def batches(
         self, table: Table, batch_rows: int, rowids: Sequence[int] | None = None
     ) -> Iterator[pa.RecordBatch]:

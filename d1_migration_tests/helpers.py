@@ -7,9 +7,9 @@ from pathlib import Path
 import psycopg
 
 from d1_migration.ddl import q
-from d1_migration.load import TableResult, sync_all
+from d1_migration.engine import sync_all
+from d1_migration.load import TableResult
 from d1_migration.sample_data import sqlite_ddl
-from d1_migration.shadow import Shadow
 from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema
 from d1_migration.tables import SCHEMA
@@ -29,9 +29,13 @@ def sync(
 ) -> dict[str, TableResult]:
     """Every table of ``schema`` (a subset of the spec, for speed) from a SQLite file."""
     with psycopg.connect(url, autocommit=True) as conn, SqliteSource(source).snapshot() as snap:
-        kept = Shadow(snap, shadow) if shadow else None
         return sync_all(
-            conn, snap, SCHEMA, kept, incremental, tables=[t.name for t in schema.tables]
+            conn,
+            snap,
+            SCHEMA,
+            None if shadow is None else lambda _: shadow,
+            incremental=incremental,
+            selected=[t.name for t in schema.tables],
         )
 
 

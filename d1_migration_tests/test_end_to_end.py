@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 from dagster import AssetCheckKey, AssetSelection
 
-from d1_migration import assets
 from d1_migration.checks import ORPHANED_FKS, QUARANTINE, ROW_PARITY
+from d1_migration.ddl import ensure_schema
 from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, stop_embedded_postgres
 from d1_migration.runner import materialize_all
@@ -175,16 +175,14 @@ def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
     assert "peak memory" in out
 
 
-def test_a_failing_table_skips_only_its_descendants(tmp_path, pg_url, monkeypatch):
+def test_a_failing_table_skips_only_its_descendants(tmp_path, pg_url, pg):
     build_sample_db(tmp_path / "d1.sqlite", users=15, seed=6)
-    real = assets.migrate_table
-
-    def habits_break(conn, snapshot, table, *args, **kwargs):
-        if table.name == "habits":
-            raise RuntimeError("disk full")
-        return real(conn, snapshot, table, *args, **kwargs)
-
-    monkeypatch.setattr(assets, "migrate_table", habits_break)
+    ensure_schema(pg, SCHEMA)  # then Postgres refuses every row of habits, as a full disk would
+    pg.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
+    )
+    pg.execute("CREATE TRIGGER refuse BEFORE INSERT ON habits EXECUTE FUNCTION refuse()")
     summary = materialize_all(
         D1Source(path=str(tmp_path / "d1.sqlite")),
         PostgresTarget(url=pg_url),

@@ -26,7 +26,9 @@ def test_resync_schedule_is_off_until_turned_on_and_takes_its_cron_from_the_env(
         assert schedule.default_status is DefaultScheduleStatus.STOPPED
         assert schedule.job_name == "migrate"
         request = schedule.evaluate_tick(build_schedule_context()).run_requests[0]
-        assert request.run_config == {"resources": {"sync": {"config": {"mode": "incremental"}}}}
+        assert request.run_config == {
+            "ops": {"migrate_tables": {"config": {"mode": "incremental"}}}
+        }
     finally:
         monkeypatch.delenv(definitions.CRON_ENV)
         importlib.reload(definitions)

@@ -1,0 +1,143 @@
+"""The sync engine: the one loop that brings a target up to date, for every entry point.
+
+The table step of Materialize all and of the `migrate`/`full_rebuild` jobs and the `resync`
+schedule (assets.py), the cutover gate (cutover.py) and the CLI all sync through
+``sync_tables``, so a guard added here holds everywhere: D1's schema is compared with the spec
+before anything is written, tables load parents first, and a table that fails is left as it
+was (one transaction) while its descendants are skipped and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import psycopg
+
+from d1_migration.ddl import ensure_schema, load_order
+from d1_migration.drift import Drift, schema_drift
+from d1_migration.load import TableResult, ancestors, migrate_table
+from d1_migration.shadow import Shadow
+from d1_migration.source import Snapshot
+from d1_migration.spec import Schema, Table
+
+log = logging.getLogger(__name__)
+
+
+class SchemaDrift(Exception):
+    """D1's tables or columns differ from the spec: nothing was written."""
+
+    def __init__(self, drift: Drift) -> None:
+        super().__init__(
+            "D1's schema differs from the table spec; nothing was loaded:\n"
+            + "\n".join(f"- {problem}" for problem in drift.problems)
+        )
+        self.drift = drift
+
+
+class Status(StrEnum):
+    SYNCED = "synced"
+    FAILED = "failed"  # the table is unchanged (its transaction rolled back)
+    SKIPPED = "skipped"  # not attempted: an ancestor table failed
+    UNSELECTED = "unselected"  # not part of this sync
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the sync did with one table, in load order."""
+
+    table: Table
+    status: Status
+    result: TableResult | None = None
+    error: str | None = None
+
+
+def sync_tables(
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    schema: Schema,
+    shadow_file: Callable[[psycopg.Connection], Path] | None,
+    *,
+    incremental: bool,
+    run_id: str | None = None,
+    selected: Collection[str] | None = None,
+    skip_tables: tuple[str, ...] = (),
+    on_drift_checked: Callable[[Drift], None] | None = None,
+) -> Iterator[Outcome]:
+    """Sync the ``selected`` tables (all by default) from ``snapshot`` into ``conn``'s database,
+    yielding each table's outcome as soon as it is committed, so callers can check a table while
+    the next ones load. ``shadow_file`` names the target's shadow (change detection; None: no
+    shadow, every table is loaded in full). Raises SchemaDrift before any write."""
+    drift = schema_drift(snapshot, schema, skip_tables)
+    if on_drift_checked is not None:
+        on_drift_checked(drift)
+    if drift:
+        raise SchemaDrift(drift)
+    ensure_schema(conn, schema)
+    wanted = {t.name for t in schema.tables} if selected is None else set(selected)
+    order = load_order(schema)
+    shadow = Shadow(snapshot, shadow_file(conn)) if shadow_file is not None else None
+    if shadow is not None and incremental:
+        shadow.prefetch([t for t in order if t.name in wanted])
+    failed: set[str] = set()
+    for table in order:
+        if table.name not in wanted:
+            yield Outcome(table, Status.UNSELECTED)
+            continue
+        if ancestors(schema, table) & failed:
+            failed.add(table.name)
+            log.error("%s: not synced, an ancestor table failed", table.name)
+            yield Outcome(table, Status.SKIPPED, error="an ancestor table failed")
+            continue
+        try:
+            result = migrate_table(
+                conn, snapshot, table, schema, run_id, shadow=shadow, incremental=incremental
+            )
+        except Exception as error:  # the table is unchanged (one transaction); go on
+            if shadow is not None:
+                shadow.rollback()
+            failed.add(table.name)
+            log.exception("%s: sync failed, the table is unchanged", table.name)
+            yield Outcome(table, Status.FAILED, error=f"{type(error).__name__}: {error}")
+            continue
+        yield Outcome(table, Status.SYNCED, result)
+    if shadow is not None:
+        shadow.checkpoint()
+
+
+class SyncFailed(Exception):
+    """Some tables did not sync; the message names each with its error."""
+
+
+def sync_all(
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    schema: Schema,
+    shadow_file: Callable[[psycopg.Connection], Path] | None,
+    *,
+    incremental: bool,
+    run_id: str | None = None,
+    selected: Collection[str] | None = None,
+) -> dict[str, TableResult]:
+    """Every selected table's result, or SyncFailed naming the tables that did not sync."""
+    results: dict[str, TableResult] = {}
+    problems: list[str] = []
+    for outcome in sync_tables(
+        conn,
+        snapshot,
+        schema,
+        shadow_file,
+        incremental=incremental,
+        run_id=run_id,
+        selected=selected,
+    ):
+        if outcome.result is not None:
+            results[outcome.table.name] = outcome.result
+        elif outcome.error is not None:
+            problems.append(f"{outcome.table.name}: {outcome.error}")
+    if problems:
+        raise SyncFailed("tables not synced:\n" + "\n".join(problems))
+    return results

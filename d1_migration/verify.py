@@ -1,0 +1,283 @@
+"""The content check: does Postgres hold exactly what a fresh migration of D1 would put there?
+
+D1's rows are converted again by the project's own transforms and judged by the same rules as
+a load (TableLoad: staging, CHECK, UNIQUE, FK, derived values) into a temporary stage, inside a
+transaction that is always rolled back, so the target is never written. The stage is then
+compared with the target row by row (a FULL JOIN on the primary key, every column with
+IS DISTINCT FROM), the expected quarantine with the open entries of d1_migration.rejected_rows
+(reason, column and raw values), and the expected id map with d1_migration.id_map. Nothing
+here reads the shadow: a stale shadow, a row edited by hand in Postgres or a lost write all
+show up as differences.
+
+A whole-table verification proves the table. A *slice* (every ``count``-th D1 rowid, from
+``index``) proves the slice's rows and the target rows at their keys; the rows a slice's rows
+can reach are judged with them, as an incremental load would (rows sharing a UNIQUE value,
+rows referring to them through the table's own FKs). A target row that no D1 row accounts for
+is found by a whole-table verification, or by row_parity's count when it is not balanced by
+a missing row, which its slice then finds. Slices rotate (the one verified longest ago goes
+next), so every row is verified within ``count`` syncs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+
+from d1_migration.ddl import BOOKKEEPING_SCHEMA, q
+from d1_migration.load import BATCH_ROWS, ID_MAP, REJECTED, NeedsFullLoad, TableLoad
+from d1_migration.source import ROWID, Snapshot
+from d1_migration.spec import Schema, Table
+from d1_migration.transforms import SOURCE_ID
+
+VERIFIED = f"{BOOKKEEPING_SCHEMA}.verified_slices"
+SAMPLE = 20
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Every ``count``-th D1 rowid, starting at ``index``; count 1 is the whole table."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+    def __str__(self) -> str:
+        return "whole table" if self.whole else f"slice {self.index + 1} of {self.count}"
+
+
+WHOLE = Slice()
+
+
+@dataclass
+class Verification:
+    table: str
+    part: Slice
+    compared_rows: int = 0  # D1 rows converted and judged
+    missing: int = 0  # rows a fresh migration puts in Postgres that Postgres lacks
+    extra: int = 0  # rows in Postgres that a fresh migration would not put there
+    differing: int = 0  # same key, another value in some column
+    quarantine_differences: int = 0
+    id_map_differences: int = 0
+    samples: list[dict] = field(default_factory=list)  # the first differences, capped
+    seconds: float = 0.0
+
+    @property
+    def differences(self) -> int:
+        return (
+            self.missing
+            + self.extra
+            + self.differing
+            + self.quarantine_differences
+            + self.id_map_differences
+        )
+
+    @property
+    def passed(self) -> bool:
+        return self.differences == 0
+
+
+def verify_table(
+    conn: psycopg.Connection, snapshot: Snapshot, table: Table, schema: Schema, part: Slice = WHOLE
+) -> Verification:
+    """Compare ``table`` in Postgres with a fresh migration of ``snapshot`` (or of a slice of
+    it). Writes nothing; a slice whose reach cannot be settled is verified whole instead."""
+    started = time.perf_counter()
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL jit = off")
+        if not part.whole:
+            try:
+                with conn.transaction():  # a savepoint: a wider reach discards the attempt
+                    found = _Comparison(conn, snapshot, table, schema, part).run()
+            except NeedsFullLoad:
+                part = WHOLE
+        if part.whole:
+            found = _Comparison(conn, snapshot, table, schema, part).run()
+    found.seconds = round(time.perf_counter() - started, 3)
+    return found
+
+
+class _Comparison:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        snapshot: Snapshot,
+        table: Table,
+        schema: Schema,
+        part: Slice,
+    ) -> None:
+        self.conn, self.snapshot, self.table, self.part = conn, snapshot, table, part
+        self.load = TableLoad(conn, table, schema, scoped=not part.whole)
+        self.found = Verification(table.name, part)
+
+    def run(self) -> Verification:
+        load = self.load
+        load.create_stage()
+        if self.part.whole:
+            load.stage_rows(self.snapshot, BATCH_ROWS)
+        else:
+            rowids, load.scope_pks = self.snapshot.slice_rows(
+                self.table, self.part.index, self.part.count
+            )
+            load.stage_rows(self.snapshot, BATCH_ROWS, rowids)
+            load.widen_scope(self.snapshot, BATCH_ROWS)
+        self.found.compared_rows = load.considered
+        load.apply_rules()
+        self._rows()
+        self._quarantine()
+        self._id_map()
+        return self.found
+
+    def _sample(self, **difference: object) -> None:
+        if len(self.found.samples) < SAMPLE:
+            self.found.samples.append(difference)
+
+    def _rows(self) -> None:
+        table, load = self.table, self.load
+        pk = table.primary_key
+        cols = [c.name for c in load.columns]
+        target = f"(SELECT * FROM {q(table.name)} t WHERE {self._target_in_scope('t')})"
+        key_text = (
+            f"coalesce(s.{q(pk[0])}, t.{q(pk[0])})::text"
+            if len(pk) == 1
+            else "json_build_array("
+            + ", ".join(f"coalesce(s.{q(k)}, t.{q(k)})" for k in pk)
+            + ")::text"
+        )
+        differs = ", ".join(
+            f"CASE WHEN s.{q(c)} IS DISTINCT FROM t.{q(c)} THEN '{c}' END" for c in cols
+        )
+        on = " AND ".join(f"s.{q(k)} = t.{q(k)}" for k in pk)
+        source_id = f"s.{SOURCE_ID}" if load.maps_ids else "NULL::text"
+        rows = self.conn.execute(
+            f"""SELECT CASE WHEN t.{q(pk[0])} IS NULL THEN 'missing'
+                            WHEN s.{q(pk[0])} IS NULL THEN 'extra' ELSE 'differs' END,
+                       {key_text}, s.{ROWID}, {source_id},
+                       array_remove(ARRAY[{differs}], NULL)
+                FROM {load.stage} s FULL JOIN {target} t ON {on}
+                WHERE s.{q(pk[0])} IS NULL OR t.{q(pk[0])} IS NULL
+                   OR ({", ".join(f"s.{q(c)}" for c in cols)})
+                      IS DISTINCT FROM ({", ".join(f"t.{q(c)}" for c in cols)})"""
+        )
+        for problem, key, rowid, original, columns in rows:
+            if problem == "missing":
+                self.found.missing += 1
+            elif problem == "extra":
+                self.found.extra += 1
+            else:
+                self.found.differing += 1
+            sample = {"problem": problem, "pk": key}
+            if original:
+                sample["d1_id"] = original
+            if rowid is not None:
+                sample["d1_rowid"] = rowid
+            if problem == "differs":
+                sample["columns"] = columns
+            self._sample(**sample)
+
+    def _target_in_scope(self, alias: str) -> str:
+        """Target rows this comparison covers: all, or those at the keys of the slice."""
+        if self.part.whole:
+            return "true"
+        touched = self.load.touched
+        same = " AND ".join(f"k.{q(c)} = {alias}.{q(c)}" for c in self.table.primary_key)
+        return f"EXISTS (SELECT 1 FROM {touched} k WHERE {same})"
+
+    def _quarantine(self) -> None:
+        load = self.load
+        raw = self.snapshot.raw_rows(self.table, [r.rowid for r in load.rejects])
+        expected = {
+            raw[r.rowid].source_pk: (r.code, r.column, r.reason, raw[r.rowid].values)
+            for r in load.rejects
+        }
+        in_scope = "" if self.part.whole else "AND source_pk = ANY(%s)"
+        params: list = [self.table.name]
+        if not self.part.whole:
+            params.append(sorted(load.scope_pks | set(expected)))
+        actual = {
+            row[0]: tuple(row[1:])
+            for row in self.conn.execute(
+                f"""SELECT source_pk, reason_code, column_name, reason, raw_row FROM {REJECTED}
+                    WHERE source_table = %s AND resolved_at IS NULL {in_scope}""",
+                params,
+            )
+        }
+        for source_pk in sorted(expected.keys() | actual.keys()):
+            want, have = expected.get(source_pk), actual.get(source_pk)
+            if want == have:
+                continue
+            self.found.quarantine_differences += 1
+            if have is None:
+                problem = "not quarantined"
+            elif want is None:
+                problem = "quarantined, but a fresh migration would not"
+            else:
+                fields = ("reason_code", "column_name", "reason", "raw_row")
+                problem = "quarantine entry differs in " + ", ".join(
+                    f for f, a, b in zip(fields, want, have, strict=True) if a != b
+                )
+            self._sample(problem=problem, d1_pk=source_pk)
+
+    def _id_map(self) -> None:
+        load = self.load
+        if not load.maps_ids:
+            return
+        pk = q(self.table.primary_key[0])
+        mapped = f"SELECT {SOURCE_ID}, {pk} FROM {load.stage} WHERE {SOURCE_ID} IS NOT NULL"
+        recorded = f"SELECT source_id, target_id FROM {ID_MAP} WHERE source_table = %(t)s"
+        if not self.part.whole:
+            recorded += (
+                f" AND (source_id = ANY(%(scope)s) OR target_id IN (SELECT {pk} FROM {load.stage}))"
+            )
+        rows = self.conn.execute(
+            f"""SELECT coalesce(e.source_id, m.source_id) FROM ({mapped}) e (source_id, target_id)
+                FULL JOIN ({recorded}) m ON e.source_id = m.source_id
+                WHERE e.target_id IS DISTINCT FROM m.target_id""",
+            {"t": self.table.name, "scope": sorted(load.scope_pks)},
+        ).fetchall()
+        self.found.id_map_differences = len(rows)
+        for (source_id,) in rows[:SAMPLE]:
+            self._sample(problem="id_map entry differs", d1_id=source_id)
+
+
+# -- which slice next, and when a table was last verified whole -----------------------------
+
+
+def next_slice(conn: psycopg.Connection, table: str, count: int) -> Slice:
+    """The slice verified longest ago (never verified first)."""
+    if count <= 1:
+        return WHOLE
+    index = conn.execute(
+        f"""SELECT n FROM generate_series(0, %(c)s - 1) n LEFT JOIN {VERIFIED} v
+              ON v.table_name = %(t)s AND v.slices = %(c)s AND v.slice = n
+            ORDER BY v.verified_at NULLS FIRST, n LIMIT 1""",
+        {"t": table, "c": count},
+    ).fetchone()[0]
+    return Slice(index, count)
+
+
+def record(conn: psycopg.Connection, found: Verification, count: int) -> None:
+    """Remember the verification (a whole-table one counts for every slice of ``count``)."""
+    indexes = range(max(count, 1)) if found.part.whole else [found.part.index]
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"""INSERT INTO {VERIFIED} (table_name, slices, slice, verified_at, passed)
+                VALUES (%s, %s, %s, now(), %s) ON CONFLICT (table_name, slices, slice)
+                DO UPDATE SET verified_at = now(), passed = EXCLUDED.passed""",
+            [(found.table, max(count, 1), i, found.passed) for i in indexes],
+        )
+
+
+def last_verified_whole(conn: psycopg.Connection, table: str, count: int) -> str | None:
+    """Since when every row of ``table`` has been verified and found equal: the oldest of the
+    latest verifications of its ``count`` slices, if each of them passed; else None."""
+    row = conn.execute(
+        f"""SELECT CASE WHEN count(*) = %(c)s AND bool_and(passed) THEN min(verified_at) END
+            FROM {VERIFIED} WHERE table_name = %(t)s AND slices = %(c)s""",
+        {"t": table, "c": max(count, 1)},
+    ).fetchone()[0]
+    return row.isoformat() if row is not None else None

@@ -1,0 +1,225 @@
+"""matches_d1 on real SQLite and Postgres: a migrated target equals a fresh migration of D1,
+and every hand-made divergence (a value, a row, a quarantine entry, an id) is named."""
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from dagster import AssetCheckKey, AssetSelection
+
+from d1_migration.assets import SyncConfig
+from d1_migration.checks import MATCHES_D1, ContentCheck
+from d1_migration.keys import target_key
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.runner import materialize_all
+from d1_migration.sample_data import build_sample_db
+from d1_migration.source import SqliteSource
+from d1_migration.tables import SCHEMA
+from d1_migration.transforms import uuid_for
+from d1_migration.verify import WHOLE, Slice, Verification, verify_table
+from d1_migration_tests.helpers import mutate, sync
+
+
+@pytest.fixture
+def migrated(tmp_path: Path, pg_url: str) -> Path:
+    """A sample D1 (with bad rows of every kind) migrated in full into ``pg_url``."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=20, seed=5)
+    sync(pg_url, source, tmp_path / "shadow.sqlite", incremental=False)
+    return source
+
+
+def verify(url: str, source: Path, table: str, part: Slice = WHOLE) -> Verification:
+    with psycopg.connect(url, autocommit=True) as conn, SqliteSource(source).snapshot() as snap:
+        return verify_table(conn, snap, SCHEMA.table(table), SCHEMA, part)
+
+
+def one(url: str, sql: str) -> object:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def d1_user(source: Path, pk: str) -> tuple[str, str]:
+    """The D1 id and name of the user whose Postgres id is ``pk``."""
+    with SqliteSource(source).snapshot() as snap:
+        rows = snap.connection.execute("SELECT id, name FROM users").fetchall()
+    return next((i.decode(), n.decode()) for i, n in rows if uuid_for(i.decode()) == pk)
+
+
+def test_a_fresh_migration_matches_d1_whole_and_in_every_slice(migrated, pg_url):
+    """No false alarm: not with quarantined rows, duplicates kept by rowid, orphans, remapped
+    ids or self-references, and not when a slice holds only one row of a duplicate pair."""
+    assert one(pg_url, "SELECT count(*) FROM d1_migration.rejected_rows") > 10
+    for table in SCHEMA.tables:
+        for part in (WHOLE, Slice(0, 3), Slice(1, 3), Slice(2, 3)):
+            found = verify(pg_url, migrated, table.name, part)
+            assert found.passed, (table.name, str(part), found.samples)
+    assert verify(pg_url, migrated, "points_ledger").compared_rows > 100
+
+
+DIVERGENCES = [
+    pytest.param(
+        "users",
+        "UPDATE users SET name = 'x' WHERE id = '{pk}'",
+        {"problem": "differs", "columns": ["name"]},
+        id="value-changed-by-hand",
+    ),
+    pytest.param(
+        "habits", "DELETE FROM habits WHERE id = '{pk}'", {"problem": "missing"}, id="deleted-row"
+    ),
+    pytest.param(
+        "activity_events",
+        "UPDATE activity_events SET metadata = jsonb_set(coalesce(metadata, '{{}}'), '{{k}}', "
+        "'1') WHERE id = '{pk}'",
+        {"problem": "differs", "columns": ["metadata"]},
+        id="jsonb-value",
+    ),
+    pytest.param(
+        "focus_sessions",
+        "UPDATE focus_sessions SET started_at = started_at + interval '1 microsecond' "
+        "WHERE id = '{pk}'",
+        {"problem": "differs", "columns": ["started_at"]},
+        id="timestamp-off-by-one-microsecond",
+    ),
+]
+
+
+@pytest.mark.parametrize(("table", "tamper", "expected"), DIVERGENCES)
+def test_a_divergence_is_named_by_its_primary_key(migrated, pg_url, table, tamper, expected):
+    pk = str(one(pg_url, f"SELECT id FROM {table} ORDER BY id LIMIT 1"))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(tamper.format(pk=pk))
+    found = verify(pg_url, migrated, table)
+    assert not found.passed
+    assert found.differences == 1
+    assert found.samples[0].items() >= {"pk": pk, **expected}.items()
+
+
+def test_an_extra_row_in_postgres_is_found(migrated, pg_url):
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO users (id, name, email) VALUES "
+            "('00000000-0000-4000-8000-00000000abcd', 'ghost', 'ghost@example.com')"
+        )
+    found = verify(pg_url, migrated, "users")
+    assert (found.extra, found.differences) == (1, 1)
+    assert found.samples == [{"problem": "extra", "pk": "00000000-0000-4000-8000-00000000abcd"}]
+
+
+def test_quarantine_and_id_map_are_compared_too(migrated, pg_url):
+    table, source_pk = (
+        psycopg.connect(pg_url)
+        .execute(
+            "SELECT source_table, source_pk FROM d1_migration.rejected_rows ORDER BY 1, 2 LIMIT 1"
+        )
+        .fetchone()
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE d1_migration.rejected_rows SET raw_row = raw_row || '{\"x\": 1}' "
+            "WHERE source_table = %s AND source_pk = %s",
+            [table, source_pk],
+        )
+    found = verify(pg_url, migrated, table)
+    assert found.quarantine_differences == 1
+    assert found.samples == [{"problem": "quarantine entry differs in raw_row", "d1_pk": source_pk}]
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE d1_migration.rejected_rows SET resolved_at = now() "
+            "WHERE source_table = %s AND source_pk = %s",
+            [table, source_pk],
+        )
+    assert verify(pg_url, migrated, table).samples == [
+        {"problem": "not quarantined", "d1_pk": source_pk}
+    ]
+
+    source_id = one(
+        pg_url, "SELECT source_id FROM d1_migration.id_map WHERE source_table = 'users' LIMIT 1"
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "DELETE FROM d1_migration.id_map WHERE source_table = 'users' AND source_id = %s",
+            [source_id],
+        )
+    found = verify(pg_url, migrated, "users")
+    assert (found.id_map_differences, found.differences) == (1, 1)
+    assert found.samples == [{"problem": "id_map entry differs", "d1_id": source_id}]
+
+
+def test_slices_rotate_so_every_row_is_verified_within_n_syncs(migrated, pg_url):
+    """Three slices: a tampered row is found by exactly one of three successive checks, and
+    the table counts as verified whole only once all three passed."""
+    pk = str(one(pg_url, "SELECT id FROM users ORDER BY id LIMIT 1"))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE users SET name = 'x' WHERE id = %s", [pk])
+    content = ContentCheck(migrated, SCHEMA, slices=3)
+    users = SCHEMA.table("users")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        results = [content.result(conn, users) for _ in range(3)]
+        assert sorted(r.metadata["verified"].value for r in results) == [
+            "slice 1 of 3",
+            "slice 2 of 3",
+            "slice 3 of 3",
+        ]
+        assert [r.passed for r in results].count(False) == 1
+        failing = next(r for r in results if not r.passed)
+        assert failing.metadata["differences"].value[0]["pk"] == pk
+        assert results[-1].metadata["last_verified_whole_at"].value == "not yet"
+
+        conn.execute("UPDATE users SET name = %s WHERE id = %s", [d1_user(migrated, pk)[1], pk])
+        again = [content.result(conn, users) for _ in range(3)]  # the same order again
+        assert [r.metadata["verified"].value for r in again] == [
+            r.metadata["verified"].value for r in results
+        ]
+        assert all(r.passed for r in again)
+        assert again[-1].metadata["last_verified_whole_at"].value != "not yet"
+
+
+def test_matches_d1_runs_in_materialize_all_and_alone(tmp_path, pg_url):
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=15, seed=7)
+    d1, target = D1Source(path=str(source)), PostgresTarget(url=pg_url)
+    sync_settings = SyncSettings(state_dir=str(tmp_path / "sync"))
+    summary = materialize_all(d1, target, sync=sync_settings, config=SyncConfig(verify_slices=1))
+    matches = [c for c in summary.checks if c.check == MATCHES_D1]
+    assert len(matches) == len(SCHEMA.tables)
+    assert all(c.passed for c in matches), [c.metadata for c in matches if not c.passed]
+
+    pk = str(one(pg_url, "SELECT id FROM habits ORDER BY id LIMIT 1"))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE habits SET name = 'edited in Postgres' WHERE id = %s", [pk])
+    alone = materialize_all(
+        d1,
+        target,
+        sync=sync_settings,
+        selection=AssetSelection.checks(AssetCheckKey(target_key("habits"), MATCHES_D1)),
+        config=SyncConfig(verify_slices=1),
+    )
+    [check] = alone.checks
+    assert not check.passed
+    assert check.metadata["differing_rows"] == 1
+    [difference] = check.metadata["differences"]
+    assert difference.items() >= {"problem": "differs", "pk": pk, "columns": ["name"]}.items()
+
+
+def test_a_second_shadow_leaves_postgres_stale_and_matches_d1_says_so(tmp_path, pg_url):
+    """The trap of a job that lost its state directory: a sync through another shadow, then
+    an undo in D1 that the first shadow never saw change. Postgres keeps the undone value;
+    row_parity is blind to it (the counts agree), matches_d1 names the row."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=15, seed=8)
+    shadow, other = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    sync(pg_url, source, shadow, incremental=True)
+    sync(pg_url, source, other, incremental=True)
+    original = one(pg_url, "SELECT name FROM users ORDER BY id LIMIT 1")
+    pk = str(one(pg_url, "SELECT id FROM users ORDER BY id LIMIT 1"))
+    d1_id = d1_user(source, pk)[0]
+    mutate(source, [f"UPDATE users SET name = 'renamed' WHERE id = '{d1_id}'"])
+    sync(pg_url, source, other, incremental=True)
+    mutate(source, [f"UPDATE users SET name = '{original}' WHERE id = '{d1_id}'"])
+    sync(pg_url, source, shadow, incremental=True)
+    assert one(pg_url, f"SELECT name FROM users WHERE id = '{pk}'") == "renamed"
+    found = verify(pg_url, source, "users")
+    [difference] = found.samples
+    assert difference.items() >= {"problem": "differs", "pk": pk, "columns": ["name"]}.items()
