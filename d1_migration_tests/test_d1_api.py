@@ -370,6 +370,26 @@ def test_dagster_migrates_from_a_d1_url(tmp_path, pg_url, monkeypatch):
     assert requests < 66 * 3
 
 
+def test_a_run_d1_refuses_fails_saying_what_d1_said(tmp_path, pg_url):
+    database = tmp_path / "d1.sqlite"
+    sample_for_json(database, users=10, seed=2)
+    with fake_d1(database, []) as server:
+        server.refused.add("habits")
+        source = D1Source(
+            path="d1://acc1/db1",
+            api_token=TOKEN,
+            api_base_url=base_url(server),
+            copy_dir=str(tmp_path / "copies"),
+        )
+        summary = materialize_all(
+            source, PostgresTarget(url=pg_url), sync=SyncSettings(state_dir=str(tmp_path / "sync"))
+        )
+    assert not summary.success and not summary.tables
+    assert "habits" in summary.failure
+    assert "prohibited: SQLITE_AUTH [code: 7500]" in summary.failure
+    assert TOKEN not in summary.failure
+
+
 def test_cutover_gate_sees_a_live_d1_still_being_written(tmp_path, pg_url, monkeypatch):
     database = tmp_path / "d1.sqlite"
     with sqlite3.connect(database) as d1:
