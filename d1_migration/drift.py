@@ -5,13 +5,21 @@ but D1 lacks would fail mid-load; both stop the run instead, with the change to 
 """
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from d1_migration.source import Snapshot
 from d1_migration.spec import Schema
 
-# D1's and SQLite's own tables: never app data.
+# D1's and SQLite's own tables: never app data, and D1 refuses reads of some (_cf_KV).
 INTERNAL_TABLES = ("_cf_*", "sqlite_*", "d1_migrations")
+
+
+def skipped_table(name: str, skip: Iterable[str] = ()) -> bool:
+    """Whether a D1 table is left alone: one of D1's own, or matched by ``skip`` (the ``d1``
+    resource's ``skip_tables``). The one test every reader of D1's tables applies (drift, the
+    ``d1://`` copy), so that a table one of them skips is never read by another."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in (*INTERNAL_TABLES, *skip))
 
 
 @dataclass
@@ -30,9 +38,8 @@ class Drift:
 
 
 def schema_drift(snapshot: Snapshot, schema: Schema, skip: tuple[str, ...] = ()) -> Drift:
-    patterns = INTERNAL_TABLES + tuple(skip)
     names = snapshot.table_names()
-    drift = Drift(skipped=sorted(n for n in names if _matches(n, patterns)))
+    drift = Drift(skipped=sorted(n for n in names if skipped_table(n, skip)))
     known = {t.name for t in schema.tables}
     for name in sorted(set(names) - known - set(drift.skipped)):
         drift.add(
@@ -70,7 +77,3 @@ def schema_drift(snapshot: Snapshot, schema: Schema, skip: tuple[str, ...] = ())
                     f"spec reads {expected[column]}; update its kind in d1_migration/tables.py",
                 )
     return drift
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

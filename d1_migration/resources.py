@@ -108,7 +108,7 @@ class D1Source(ConfigurableResource):
                 raise NotConfigured(f"A d1:// source needs {TOKEN_ENV}")
             local = cache / f"d1-{database.database_id}.sqlite"
             api = D1Api(database, token, self.api_base_url)
-            bookmark = copy_database(api, local, self.api_page_rows)
+            bookmark = copy_database(api, local, self.api_page_rows, tuple(self.skip_tables))
             log.info("Copied live D1 %s at Time Travel bookmark %s", database.database_id, bookmark)
             return {"path": local, "bookmark": bookmark}
         path = Path(source)

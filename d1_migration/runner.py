@@ -4,6 +4,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, RunConfig, materialize
+from dagster_shared.error import SerializableErrorInfo
 
 from d1_migration.assets import TABLE_STEP, SyncConfig
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
@@ -54,11 +55,21 @@ def summarize(result: ExecuteInProcessResult) -> RunSummary:
             )
         )
     failure = "\n".join(
-        str(event.event_specific_data.error.message)
+        _with_causes(event.event_specific_data.error)
         for event in result.all_events
         if event.event_type_value == "STEP_FAILURE"
     )
     return RunSummary(result.success, tables, checks, failure)
+
+
+def _with_causes(error: SerializableErrorInfo | None) -> str:
+    """A step's error and what caused it: Dagster wraps the exception raised in the step (D1's
+    or Postgres's own words) as the cause of its own "error occurred while executing"."""
+    messages = []
+    while error is not None:
+        messages.append(error.message.strip())
+        error = error.cause
+    return "\n".join(messages)
 
 
 def materialize_all(
