@@ -22,6 +22,14 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.id_map (
     target_id UUID NOT NULL,
     PRIMARY KEY (source_table, source_id)
 );
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.ref_map (
+    source_table TEXT NOT NULL,
+    target_pk TEXT NOT NULL,
+    column_name TEXT NOT NULL,
+    source_text TEXT NOT NULL,
+    target_id UUID NOT NULL,
+    PRIMARY KEY (source_table, target_pk, column_name)
+);
 CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.rejected_rows (
     source_table TEXT NOT NULL,
     source_pk TEXT NOT NULL,
