@@ -477,3 +477,29 @@ def test_ref_map_follows_every_change_of_a_resync(tmp_path, new_database):
         repr(("universal_quests", v5("uq1"), "created_by", "admin_2", uuid.UUID(v5("admin_2")))),
         repr(("universal_quests", v5("uq3"), "created_by", U1, uuid.UUID(U1.lower()))),
     ]
+
+
+def test_a_target_synced_before_ref_map_is_brought_up_to_date(tmp_path, new_database):
+    """What the previous version left: skill keys as UUIDv5s, no ref_map; the next
+    incremental sync must still end where a fresh migration does."""
+    source = new_d1(
+        tmp_path / "d1.sqlite",
+        [
+            f"INSERT INTO users (id, email, created_at) VALUES ('{U2}', 'a@x', {NOW})",
+            "INSERT INTO universal_quests (id, title, skill_id, created_by) "
+            "VALUES ('uq1', 'Q', 'proficiency', 'system')",
+            f"INSERT INTO points_ledger (id, user_id, event_type, event_id) "
+            f"VALUES ('l1', '{U2}', 'focus', 'focus_1')",
+        ],
+    )
+    synced, shadow = new_database(), tmp_path / "shadow.sqlite"
+    sync(synced, source, shadow, incremental=True)
+    with psycopg.connect(synced, autocommit=True) as conn:
+        conn.execute("DROP TABLE d1_migration.ref_map")
+        conn.execute(
+            "ALTER TABLE universal_quests ALTER COLUMN skill_id TYPE uuid "
+            f"USING '{v5('proficiency')}'::uuid"
+        )
+    results = sync(synced, source, shadow, incremental=True)
+    assert {r.mode for r in results.values()} == {"full"}
+    assert_like_fresh_migration(synced, source, new_database())
