@@ -55,6 +55,24 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.verified_slices (
     passed BOOLEAN NOT NULL,
     PRIMARY KEY (table_name, slices, slice)
 );
+-- A target synced before ref_map existed has no entries for the rows it holds, and UUIDv5s of
+-- skill keys in universal_quests.skill_id: every table's next sync is then a full one.
+DO $$ BEGIN
+    IF to_regclass('{BOOKKEEPING_SCHEMA}.ref_map') IS NULL THEN
+        DELETE FROM {BOOKKEEPING_SCHEMA}.sync_state;
+        IF to_regclass('universal_quests') IS NOT NULL THEN
+            ALTER TABLE universal_quests ALTER COLUMN skill_id TYPE TEXT;
+        END IF;
+    END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.ref_map (
+    source_table TEXT NOT NULL,
+    target_pk TEXT NOT NULL,
+    column_name TEXT NOT NULL,
+    source_text TEXT NOT NULL,
+    target_id UUID NOT NULL,
+    PRIMARY KEY (source_table, target_pk, column_name)
+);
 CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_token (
     token UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()

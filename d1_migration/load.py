@@ -31,11 +31,12 @@ from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, q
 from d1_migration.shadow import Changes, Shadow
 from d1_migration.source import ROWID, Snapshot, source_pk_text
 from d1_migration.spec import Kind, Schema, Table
-from d1_migration.transforms import SOURCE_ID, Reject, convert_batch, uuid_for
+from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Reject, convert_batch, uuid_for
 
 BATCH_ROWS = 50_000
 REJECTED = f"{BOOKKEEPING_SCHEMA}.rejected_rows"
 ID_MAP = f"{BOOKKEEPING_SCHEMA}.id_map"
+REF_MAP = f"{BOOKKEEPING_SCHEMA}.ref_map"
 SYNC_STATE = f"{BOOKKEEPING_SCHEMA}.sync_state"
 
 
@@ -78,6 +79,7 @@ class TableLoad:
     def create_stage(self) -> None:
         cols = [f"{q(c.name)} {c.pg_type}" for c in self.columns]
         cols += [f"{ROWID} BIGINT"] + ([f"{SOURCE_ID} TEXT"] if self.maps_ids else [])
+        cols += [f"{q(SOURCE_TEXT + c.name)} TEXT" for c in self.table.unlinked_ids]
         self.conn.execute(f"CREATE TEMP TABLE {self.stage} ({', '.join(cols)}) ON COMMIT DROP")
         if self.scoped:  # target rows this load replaces (see _settle_touched)
             keys = [f"{q(k)} {self.table.column(k).pg_type}" for k in self.table.primary_key]
@@ -491,6 +493,32 @@ class TableLoad:
             [self.table.name],
         ).rowcount
 
+    def record_ref_map(self) -> None:
+        """The D1 text of every value an unlinked id column remapped, per target row: no
+        parent's id_map holds it, and without it the text would be gone for good. A scoped
+        load replaces the entries of the rows it touched (every staged row is one)."""
+        columns = self.table.unlinked_ids
+        if not columns:
+            return
+        pk = q(self.table.primary_key[0])
+        if self.scoped:
+            self.conn.execute(
+                f"""DELETE FROM {REF_MAP} WHERE source_table = %s
+                    AND target_pk IN (SELECT {pk}::text FROM {self.touched})""",
+                [self.table.name],
+            )
+        else:
+            self.conn.execute(f"DELETE FROM {REF_MAP} WHERE source_table = %s", [self.table.name])
+        for column in columns:
+            text = q(SOURCE_TEXT + column.name)
+            self.conn.execute(
+                f"""INSERT INTO {REF_MAP} (source_table, target_pk, column_name, source_text,
+                        target_id)
+                    SELECT %s, {pk}::text, %s, {text}, {q(column.name)} FROM {self.stage}
+                    WHERE {text} IS NOT NULL""",
+                [self.table.name, column.name],
+            )
+
 
 Counts = tuple[int, int, int, int]  # inserted, updated, removed, remapped ids
 
@@ -536,6 +564,7 @@ def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> Counts:
     load.apply_rules()
     inserted, updated, removed = load.merge()
     load.record_quarantine(snapshot, run_id)
+    load.record_ref_map()
     return inserted, updated, removed, load.record_id_map()
 
 

@@ -377,6 +377,7 @@ class _Builder:
             self.add("users", **row)
             members.append(user)
         self.admin_rows([members[n] for n in admin_ids], members)
+        self.admin_quests(members[admin_ids[0]])
         for n, user in enumerate(members):
             if n == no_wallet:
                 wallet = "none"  # hosts the bad ledger rows: no wallet to drift from
@@ -439,6 +440,8 @@ class _Builder:
         reject("accounts", "duplicate_key", dict(account, id=self.uid(), userId=anyone().id))
         twin, _ = self.user_row(len(members) + 1, uid=dup_source.id.upper())
         reject("users", "duplicate_key", twin)
+        # the seconds left, written into paused_at: a number, but no instant the app wrote
+        reject("focus_sessions", "implausible_datetime", self.focus_row(anyone(), paused_at=1500))
 
     # -- seed rows --------------------------------------------------------------------------------
 
@@ -572,6 +575,18 @@ class _Builder:
             created_at=created,
         )  # fmt: skip
 
+    def admin_quests(self, admin: _User) -> None:
+        """Universal quests as the admin API writes them: a skill key in skill_id, and the
+        admin's id in created_by, or 'system' when the request had no session."""
+        for n, creator in enumerate((admin.id, "system")):
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(_NOW - (n + 2) * _DAY))
+            self.add(
+                "universal_quests", id=f"quest-{(_NOW - (n + 2) * _DAY) * 1000}",
+                title=f"Studio challenge {n + 1}", description=None, type="weekly",
+                xp_reward=40, coin_reward=15, target=3, skill_id=("proficiency", "focus")[n],
+                is_active=1, created_by=creator, created_at=created, updated_at=created,
+            )  # fmt: skip
+
     def admin_rows(self, admins: list[_User], members: list[_User]) -> None:
         rng, add = self.rng, self.add
         for n in range(3 + len(members) // 1000):
@@ -620,10 +635,13 @@ class _Builder:
         if upper:
             uid = uid.upper()
         tos = self.flag(0.8)
+        verified = (t0 + 600) * 1000 + rng.randrange(1000) if self.flag(0.8) else None
+        if admin:
+            verified = 1  # approved by hand, marked with a flag: the migration's rule applies
         row = dict(
             id=uid, name=rng.choice(_NAMES),
             email=f"{rng.choice(_HANDLES)}.{n}@{rng.choice(_DOMAINS)}",
-            emailVerified=(t0 + 600) * 1000 + rng.randrange(1000) if self.flag(0.8) else None,
+            emailVerified=verified,
             image=f"https://lh3.googleusercontent.com/a/{self.b64(18)}" if self.flag() else None,
             role="admin" if admin else "user", approved=self.flag(0.97), age_verified=1,
             tos_accepted=tos, tos_accepted_at=self.opt_ts(t0 + 60 if tos else None),

@@ -81,6 +81,7 @@ class Column:
     shift: timedelta | None = None
     secret: bool = False  # never written to Postgres, not even in quarantine
     d1_type: str | None = None  # D1's declared type, where the kind's usual one is not it
+    flags: tuple[tuple[int, str | None], ...] = ()
 
     @property
     def source_name(self) -> str | None:
@@ -137,6 +138,16 @@ class Table:
     @property
     def foreign_keys(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.references)
+
+    @property
+    def unlinked_ids(self) -> tuple[Column, ...]:
+        """Id columns outside the key with no FK: nothing else records the source text of a
+        value they remap, so the load keeps it in d1_migration.ref_map."""
+        return tuple(
+            c
+            for c in self.source_columns
+            if c.kind is Kind.ID and not c.references and c.name not in self.primary_key
+        )
 
     @property
     def parents(self) -> tuple[str, ...]:

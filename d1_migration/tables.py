@@ -14,6 +14,20 @@ Judgment calls (each also noted on its table):
   authenticators.transports: comma-separated) stay TEXT: converting them is not a type change.
 - Status/type columns of tables the map does not show stay TEXT: the map names no enum for them.
 - admin_audit_log.target_id stays TEXT: it points at rows of any table, or at no row at all.
+- Id columns with no FK (``uuid(...)``: points_ledger.event_id, user_onboarding_state.
+  current_step_id, universal_quests.created_by, user_quest_progress.quest_id) stay UUID, as
+  the map and the app's own Postgres schema have them; a value that is not a UUID becomes its
+  UUIDv5 (the same UUID as the row it names, when that row's id is the same text), and its D1
+  text is kept per row in ``d1_migration.ref_map`` (table, row, column, text, UUID), so nothing
+  is irreversible. None gets an FK: D1 has none, and the app leaves them dangling (a deleted
+  step, quest or admin; created_by = 'system'), so an FK would quarantine rows the app uses.
+- universal_quests.skill_id stays TEXT: the admin UI fills it with skill keys ('proficiency'),
+  which are no ids (the app's Postgres schema made it ``skill_key TEXT``).
+- A number in a datetime column is epoch seconds (milliseconds from 1e11) only from 2001 on:
+  the app wrote no earlier instant, so an earlier number is quarantined
+  (``implausible_datetime``) unless the column has a rule (``flags``). users.emailVerified
+  holds a 0/1 flag in some rows: 1 is the user's created_at (the app team's rule, "if 1, use
+  created_at"), 0 is NULL (not verified, as NextAuth writes it).
 """
 
 from __future__ import annotations
@@ -78,7 +92,12 @@ TABLES = (
             uuid_pk(),
             text("name", null=False, default="'User'"),
             text("email", null=False, unique=True),
-            timestamptz("email_verified", source="emailVerified", d1_type="INTEGER"),
+            timestamptz(
+                "email_verified",
+                source="emailVerified",
+                d1_type="INTEGER",
+                flags=((1, "created_at"), (0, None)),
+            ),
             text("image"),
             text("role", null=False, default="'user'"),
             boolean("approved", null=False, default="true"),
@@ -91,6 +110,9 @@ TABLES = (
             timestamptz("updated_at", null=False, default=NOW),
         ),
         indexes=(Index("idx_users_email", "email"), Index("idx_users_role", "role")),
+        notes="emailVerified 1 is a flag, not an instant: it becomes created_at (the app "
+        "team's rule); 0 becomes NULL (not verified). Any other number before 2001 is "
+        "quarantined.",
     ),
     T(
         "accounts",
@@ -247,6 +269,9 @@ TABLES = (
             Index("idx_points_ledger_event", "event_type, event_id"),
             Index("idx_points_ledger_created", "created_at"),
         ),
+        notes="event_id is UUID (the map's type) with no FK: it names a row of the table "
+        "event_type says. A non-UUID value becomes its UUIDv5 and its D1 text is kept in "
+        "d1_migration.ref_map.",
     ),
     T(
         "activity_events",
@@ -514,6 +539,9 @@ TABLES = (
             timestamptz("created_at", null=False, default="now()"),
             timestamptz("updated_at", null=False, default="now()"),
         ),
+        notes="current_step_id is an onboarding_steps id (text ids such as 'step_1_welcome' "
+        "become the step's UUIDv5), UUID with no FK: the app tolerates a step that is gone. "
+        "A remapped value's D1 text is kept in d1_migration.ref_map.",
     ),
     T(
         "skill_definitions",
@@ -626,7 +654,7 @@ TABLES = (
             integer("xp_reward", null=False, default="10"),
             integer("coin_reward", null=False, default="5"),
             integer("target", null=False, default="1"),
-            uuid("skill_id"),
+            text("skill_id"),
             boolean("is_active", null=False, default="true"),
             uuid("created_by"),
             timestamptz("created_at", null=False, default="now()"),
@@ -636,6 +664,10 @@ TABLES = (
             Index("idx_universal_quests_active", "is_active"),
             Index("idx_universal_quests_type", "type"),
         ),
+        notes="skill_id stays TEXT: the admin UI fills it with skill keys ('proficiency'), "
+        "which the app's Postgres schema keeps as skill_key TEXT. created_by is the admin's "
+        "user id, or 'system' when the API had no session: UUID with no FK, a non-UUID "
+        "value's D1 text kept in d1_migration.ref_map.",
     ),
     T(
         "user_quest_progress",
@@ -653,6 +685,9 @@ TABLES = (
             timestamptz("updated_at", null=False, default="now()"),
         ),
         uniques=(("user_id", "quest_id"),),
+        notes="quest_id is a universal_quests id ('uq_focus_1', 'quest-<ms>' become that "
+        "quest's UUIDv5), UUID with no FK: D1 keeps progress of quests an admin removed. A "
+        "remapped value's D1 text is kept in d1_migration.ref_map.",
     ),
     T(
         "habit_logs",

@@ -4,12 +4,13 @@ Each converter takes a column's projections (see source.py) and returns the conv
 for rows it cannot convert faithfully, a reason code and a sentence. No row is dropped here: a
 row with any reason goes to quarantine, the rest to Postgres. Per-value Python runs only on the
 rare paths Arrow has no kernel for: UUIDv5 of non-UUID ids (memoised), SHA-256 of session tokens,
-and locating invalid UTF-8 once a batch is known to contain some.
+and locating invalid UTF-8 (or the array element holding it) once a batch is known to contain some.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache, reduce
@@ -21,6 +22,7 @@ from d1_migration.source import ROWID, StorageClass
 from d1_migration.spec import Column, Kind, Schema, Table
 
 SOURCE_ID = "_source_id"
+SOURCE_TEXT = "_source_text_"  # + column name: the D1 text of a remapped id (unlinked_ids)
 # Fixed forever: changing it would re-key every non-UUID id on the next sync.
 ID_NAMESPACE = uuid.UUID("6f1b1c1e-8d3a-5b7e-9c2d-d1d1d1d1d1d1")
 
@@ -36,6 +38,9 @@ US_PER_DAY = 86_400_000_000
 MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 EPOCH_MS_THRESHOLD = 100_000_000_000  # |n| >= 1e11 is milliseconds (1e11 s is the year 5138)
+# A number earlier than this is no instant the app wrote (it started in 2024): a flag, a counter
+# or a bug, never a time. 2001-01-01T00:00:00Z.
+FIRST_PLAUSIBLE_US = 978_307_200_000_000
 INT32 = (-(2**31), 2**31 - 1)
 CLASS_NAMES = pa.array(["NULL", "integer", "real", "text", "BLOB"])
 DAYS_IN_MONTH = pa.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], pa.int64())
@@ -156,16 +161,24 @@ def _int(field: pa.Array) -> pa.Array:
     return pc.cast(pc.if_else(pc.equal(field, ""), "0", field), pa.int64())
 
 
+def epoch_number(text: pa.Array) -> pa.Array:
+    """The number a datetime text holds (epoch seconds or milliseconds), NULL for other text."""
+    text = pc.utf8_trim_whitespace(text)
+    is_number = pc.fill_null(pc.match_substring_regex(text, NUMBER_RE), False)
+    return pc.cast(pc.if_else(is_number, text, None), pa.float64())
+
+
 def parse_datetime(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Microseconds since the epoch (UTC), a failure code per row, and whether it is midnight UTC.
 
     Accepts what Workers apps write: SQLite's 'YYYY-MM-DD HH:MM:SS' (UTC), ISO 8601 with 'T',
     fractional seconds, 'Z' or an offset, date-only, and epoch seconds or milliseconds (as
-    numbers or text; |n| >= 1e11 means milliseconds). Fractions beyond microseconds truncate.
+    numbers or text; |n| >= 1e11 means milliseconds) from 2001 on. Fractions beyond microseconds
+    truncate.
     """
     text = pc.utf8_trim_whitespace(text)
-    is_number = pc.fill_null(pc.match_substring_regex(text, NUMBER_RE), False)
-    number = pc.cast(pc.if_else(is_number, text, None), pa.float64())
+    number = epoch_number(text)
+    is_number = pc.is_valid(number)
     scale = pc.if_else(pc.greater_equal(pc.abs(number), EPOCH_MS_THRESHOLD), 1_000.0, 1e6)
     epoch_us = pc.cast(pc.round(pc.multiply(number, scale)), pa.int64(), safe=False)
 
@@ -225,6 +238,8 @@ def parse_datetime(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     code = pc.if_else(
         pc.and_(pc.is_null(code), pc.invert(pc.fill_null(in_range, False))), "out_of_range", code
     )
+    early = pc.fill_null(pc.and_(is_number, pc.less(micros, FIRST_PLAUSIBLE_US)), False)
+    code = pc.if_else(pc.and_(pc.is_null(code), early), "implausible_datetime", code)
     code = pc.if_else(pc.is_valid(text), code, None)
     micros = pc.if_else(pc.is_null(code), micros, None)
     midnight = pc.equal(
@@ -239,12 +254,16 @@ DATETIME_REASONS = {
     "epoch seconds/milliseconds); correct it in D1",
     "impossible_datetime": " is not a real calendar date/time; correct it in D1",
     "out_of_range": " is outside the years 1 to 9999; correct it in D1",
+    "implausible_datetime": " read as epoch seconds/milliseconds is before 2001, so it is no "
+    "time the app wrote (a flag or a counter?); put the real time, or NULL, in D1",
 }
 
 
 def _convert_column(
     table: Table, column: Column, batch: pa.RecordBatch, fail: _Failures, schema: Schema
-) -> pa.Array:
+) -> tuple[pa.Array, pa.Array | None]:
+    """The target values, and for text kinds the decoded source text (NULL where it is not
+    storable text, which is filed as a failure here)."""
     name, kind = column.name, column.kind
     label = column.source_name or column.name
     cls = batch[f"{name}__class"]
@@ -264,6 +283,7 @@ def _convert_column(
         ),
     )
 
+    text = None
     if kind is Kind.TOKEN_HASH:
         digests = [
             None if v is None else "\\x" + hashlib.sha256(v).hexdigest() for v in raw.to_pylist()
@@ -298,7 +318,8 @@ def _convert_column(
     elif kind is Kind.DOUBLE:
         values = raw
     else:
-        values = _convert_text(table, column, raw, fail, schema, batch)
+        text = _decode_text(column, raw, fail)
+        values = _convert_text(table, column, text, fail, schema, batch)
 
     missing = pc.and_(pc.is_null(values), pc.invert(fail.failed))
     if not column.nullable:
@@ -309,18 +330,12 @@ def _convert_column(
             f"{label} is NULL or empty, but {table.name}.{name} "
             "is NOT NULL in Postgres; give it a value in D1",
         )
-    return values
+    return values, text
 
 
-def _convert_text(
-    table: Table,
-    column: Column,
-    raw: pa.Array,
-    fail: _Failures,
-    schema: Schema,
-    batch: pa.RecordBatch,
-) -> pa.Array:
-    name, kind = column.name, column.kind
+def _decode_text(column: Column, raw: pa.Array, fail: _Failures) -> pa.Array:
+    """The column's text, NULL where Postgres text cannot hold it (filed as failures)."""
+    name = column.name
     label = column.source_name or column.name
     text, bad_utf8 = _decode_utf8(raw)
     fail.add(
@@ -337,7 +352,19 @@ def _convert_text(
         "nul_character",
         f"{label} contains a NUL character, which Postgres text cannot hold; remove it in D1",
     )
-    text = pc.if_else(pc.fill_null(has_nul, False), None, text)
+    return pc.if_else(pc.fill_null(has_nul, False), None, text)
+
+
+def _convert_text(
+    table: Table,
+    column: Column,
+    text: pa.Array,
+    fail: _Failures,
+    schema: Schema,
+    batch: pa.RecordBatch,
+) -> pa.Array:
+    name, kind = column.name, column.kind
+    label = column.source_name or column.name
     if kind is Kind.TEXT:
         return text
     text = pc.if_else(pc.equal(text, ""), None, text)  # '' means "no value" for typed columns
@@ -383,7 +410,11 @@ def _convert_text(
             "bad_text_array",
             _sentence(f"{label} is not a JSON array of strings: ", _quoted(text), "; fix it in D1"),
         )
-        literal, _ = _decode_utf8(batch[f"{name}__array"])
+        # SQLite decodes a lone surrogate escape ("\ud800") into bytes that are not UTF-8.
+        literal, unstorable = _decode_utf8(batch[f"{name}__array"])
+        unstorable = pc.and_(unstorable, pc.is_valid(text))
+        if pc.any(unstorable).as_py():
+            fail.add(name, unstorable, "bad_text_array", _element_reasons(label, text, unstorable))
         return pc.if_else(pc.is_valid(text), literal, None)
     if kind is Kind.HEX_BYTEA:
         ok = pc.match_substring_regex(text, r"^([0-9a-fA-F]{2})*$")
@@ -396,6 +427,9 @@ def _convert_text(
         return pc.binary_join_element_wise("\\x", text, "")
 
     micros, code, midnight = parse_datetime(text)
+    if column.flags:  # the spec's rule gives these their value (_apply_flags), not quarantine
+        flags = pa.array([number for number, _ in column.flags], pa.float64())
+        code = pc.if_else(pc.is_in(epoch_number(text), flags), None, code)
     for reason_code, tail in DATETIME_REASONS.items():
         fail.add(
             name,
@@ -421,23 +455,64 @@ def _convert_text(
     return stamps
 
 
+def _element_reasons(label: str, text: pa.Array, mask: pa.Array) -> pa.Array:
+    """For the arrays under ``mask``, a sentence naming the element Postgres cannot store."""
+    reasons = [_element_reason(label, v) for v in pc.filter(text, mask).to_pylist()]
+    return pc.replace_with_mask(pa.nulls(len(text), pa.string()), mask, pa.array(reasons))
+
+
+def _element_reason(label: str, array_json: str) -> str:
+    try:
+        elements = json.loads(array_json)  # Python keeps a lone surrogate as a str of one
+    except ValueError:  # a form this SQLite reads and Python does not (JSON5)
+        elements = []
+    for i, element in enumerate(elements):
+        if isinstance(element, str):
+            try:
+                element.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = element[:60].encode("utf-8", "backslashreplace").decode()
+                return (
+                    f'{label}[{i}] = "{shown}" holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF '
+                    "escape without its pair), which is no character and Postgres text cannot "
+                    "store; fix that element in D1"
+                )
+    return f"{label} has an element that is not valid UTF-8 once decoded; fix it in D1"
+
+
+def _apply_flags(
+    table: Table, columns: dict[str, pa.Array], texts: dict[str, pa.Array | None]
+) -> None:
+    """The spec's rule for numbers that are flags in a datetime column (Column.flags)."""
+    for column in table.source_columns:
+        for number, other in column.flags:
+            hit = pc.fill_null(pc.equal(epoch_number(texts[column.name]), number), False)
+            current = columns[column.name]
+            value = columns[other] if other else pa.scalar(None, current.type)
+            columns[column.name] = pc.if_else(hit, value, current)
+
+
 def convert_batch(table: Table, batch: pa.RecordBatch, schema: Schema) -> Converted:
     fail = _Failures(batch.num_rows)
     # A column derived from another table's row (source_sql) fails only because that row does;
     # the FK check names the real reason, so its own failures are not filed here.
     derived = _Failures(batch.num_rows)
-    columns = {
-        c.name: _convert_column(table, c, batch, derived if c.source_sql else fail, schema)
-        for c in table.source_columns
-    }
+    columns, texts = {}, {}
+    for c in table.source_columns:
+        target = derived if c.source_sql else fail
+        columns[c.name], texts[c.name] = _convert_column(table, c, batch, target, schema)
+    _apply_flags(table, columns, texts)
     failed = fail.failed
     extra = {}
     pk = table.column(table.primary_key[0])
     key_columns = {name: columns[name] for name in table.primary_key}
     if pk.kind is Kind.ID:  # the original id where the target differs, for d1_migration.id_map
-        original, _ = _decode_utf8(batch[f"{pk.name}__value"])
+        original = texts[pk.name]
         extra[SOURCE_ID] = pc.if_else(pc.equal(original, columns[pk.name]), None, original)
         key_columns[SOURCE_ID] = original
+    for c in table.unlinked_ids:  # likewise, for d1_migration.ref_map
+        changed = pc.not_equal(texts[c.name], pc.cast(columns[c.name], pa.string()))
+        extra[SOURCE_TEXT + c.name] = pc.if_else(changed, texts[c.name], None)
     keys = pa.table(key_columns)
     keys = keys.filter(reduce(pc.and_, (pc.is_valid(keys[n]) for n in table.primary_key)))
     good = pa.table({ROWID: batch[ROWID], **columns, **extra}).filter(pc.invert(failed))

@@ -5,9 +5,9 @@ a load (TableLoad: staging, CHECK, UNIQUE, FK, derived values) into a temporary 
 transaction that is always rolled back, so the target is never written. The stage is then
 compared with the target row by row (a FULL JOIN on the primary key, every column with
 IS DISTINCT FROM), the expected quarantine with the open entries of d1_migration.rejected_rows
-(reason, column and raw values), and the expected id map with d1_migration.id_map. Nothing
-here reads the shadow: a stale shadow, a row edited by hand in Postgres or a lost write all
-show up as differences.
+(reason, column and raw values), and the expected id maps with d1_migration.id_map and
+ref_map. Nothing here reads the shadow: a stale shadow, a row edited by hand in Postgres or
+a lost write all show up as differences.
 
 A whole-table verification proves the table. A *slice* (every ``count``-th D1 rowid, from
 ``index``) proves the slice's rows and the target rows at their keys; the rows a slice's rows
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import psycopg
 
 from d1_migration.ddl import BOOKKEEPING_SCHEMA, q
-from d1_migration.load import BATCH_ROWS, ID_MAP, REJECTED, NeedsFullLoad, TableLoad
+from d1_migration.load import BATCH_ROWS, ID_MAP, REF_MAP, REJECTED, NeedsFullLoad, TableLoad
 from d1_migration.source import ROWID, Snapshot
 from d1_migration.spec import Schema, Table
-from d1_migration.transforms import SOURCE_ID
+from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT
 
 VERIFIED = f"{BOOKKEEPING_SCHEMA}.verified_slices"
 SAMPLE = 20
@@ -62,7 +62,7 @@ class Verification:
     extra: int = 0  # rows in Postgres that a fresh migration would not put there
     differing: int = 0  # same key, another value in some column
     quarantine_differences: int = 0
-    id_map_differences: int = 0
+    id_map_differences: int = 0  # d1_migration.id_map and ref_map entries
     samples: list[dict] = field(default_factory=list)  # the first differences, capped
     seconds: float = 0.0
 
@@ -130,6 +130,7 @@ class _Comparison:
         self._rows()
         self._quarantine()
         self._id_map()
+        self._ref_map()
         return self.found
 
     def _sample(self, **difference: object) -> None:
@@ -242,6 +243,32 @@ class _Comparison:
         self.found.id_map_differences = len(rows)
         for (source_id,) in rows[:SAMPLE]:
             self._sample(problem="id_map entry differs", d1_id=source_id)
+
+    def _ref_map(self) -> None:
+        """The D1 text of remapped unlinked ids (d1_migration.ref_map), per target row."""
+        load, pk = self.load, q(self.table.primary_key[0])
+        for column in self.table.unlinked_ids:
+            text = q(SOURCE_TEXT + column.name)
+            expected = (
+                f"SELECT {pk}::text, {text}, {q(column.name)} FROM {load.stage} "
+                f"WHERE {text} IS NOT NULL"
+            )
+            recorded = (
+                f"SELECT target_pk, source_text, target_id FROM {REF_MAP} "
+                "WHERE source_table = %(t)s AND column_name = %(c)s"
+            )
+            if not self.part.whole:
+                recorded += f" AND target_pk IN (SELECT {pk}::text FROM {load.touched})"
+            rows = self.conn.execute(
+                f"""SELECT coalesce(e.pk, m.pk) FROM ({expected}) e (pk, source_text, target_id)
+                    FULL JOIN ({recorded}) m (pk, source_text, target_id) ON e.pk = m.pk
+                    WHERE (e.source_text, e.target_id) IS DISTINCT FROM
+                          (m.source_text, m.target_id)""",
+                {"t": self.table.name, "c": column.name},
+            ).fetchall()
+            self.found.id_map_differences += len(rows)
+            for (target_pk,) in rows[:SAMPLE]:
+                self._sample(problem=f"ref_map entry of {column.name} differs", pk=target_pk)
 
 
 # -- which slice next, and when a table was last verified whole -----------------------------

@@ -56,6 +56,7 @@ def dump(url: str, schema: Schema = SCHEMA) -> dict:
             )
         )
         out["id_map"] = sorted(map(repr, conn.execute("SELECT * FROM d1_migration.id_map")))
+        out["ref_map"] = sorted(map(repr, conn.execute("SELECT * FROM d1_migration.ref_map")))
     return out
 
 

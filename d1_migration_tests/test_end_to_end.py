@@ -60,6 +60,15 @@ def test_sample_database_migrates_with_every_row_accounted_for(tmp_path, pg_url)
             ).fetchall()
         )
         assert seeds and all(uuid_for(k) == v for k, v in seeds.items())
+        flagged = conn.execute(  # emailVerified = 1: the user's created_at, by the spec's rule
+            "SELECT count(*), count(*) FILTER (WHERE email_verified = created_at) FROM users "
+            "WHERE role = 'admin'"
+        ).fetchone()
+        assert flagged == (2, 2)
+        assert conn.execute(
+            "SELECT q.skill_id, m.source_text FROM universal_quests q JOIN d1_migration.ref_map m "
+            "ON m.target_pk = q.id::text AND m.target_id = q.created_by"
+        ).fetchall() == [("focus", "system")]
 
     wallet = summary.check("user_wallet", "wallet_matches_ledger")
     assert not wallet.passed

@@ -18,6 +18,7 @@ from d1_migration.sample_data import sqlite_ddl
 from d1_migration.source import SqliteSource
 from d1_migration.tables import SCHEMA
 from d1_migration.transforms import ID_NAMESPACE, convert_batch
+from d1_migration_tests.helpers import assert_like_fresh_migration, dump, mutate, new_d1, sync
 
 U1 = "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE"  # upper case: normalised to lower case
 U2 = "user_seed"  # not a UUID: becomes a UUIDv5
@@ -117,6 +118,33 @@ ROWS = [
     f"('b1', '{U1}', 'B', 2.5, {NOW}, {NOW})",
     f"INSERT INTO habits (id, user_id, name, created_at, updated_at) VALUES ('h1', '{U1}', 'H', "
     f"'', {NOW})",
+    # TEXT[] holding a lone surrogate escape, nullable and NOT NULL; a surrogate pair is fine
+    f"INSERT INTO journal_entries (id, user_id, content, tags_json, created_at, updated_at) "
+    f"""VALUES ('j1', '{U1}', 'c', '["ok","\\ud800"]', {NOW}, {NOW})""",
+    f"INSERT INTO journal_entries (id, user_id, content, tags_json, created_at, updated_at) "
+    f"""VALUES ('j2', '{U1}', 'c', '["\\ud83d\\ude00"]', {NOW}, {NOW})""",
+    "INSERT INTO ignition_packs (id, key, name, category, items_json, created_at) VALUES "
+    f"""('p1', 'k1', 'P', 'c', '["\\udc00x"]', {NOW})""",
+    # numbers in datetime columns: emailVerified's flag rule, and instants the app never wrote
+    f"INSERT INTO users ({USER_COLS}) VALUES ('v1', 'V', 'v1@x', 1, 1, {NOW}, {NOW})",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('v0', 'V', 'v0@x', 0, 1, {NOW}, {NOW})",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('v5', 'V', 'v5@x', 5, 1, {NOW}, {NOW})",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('v2000', 'V', 'v2000@x', 978307199, 1, {NOW}, {NOW})",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('v2001', 'V', 'v2001@x', 978307200, 1, {NOW}, {NOW})",
+    f"INSERT INTO users ({USER_COLS}, last_activity_at) VALUES ('vms', 'V', 'vms@x', NULL, 1, "
+    f"{NOW}, {NOW}, '500000000000')",
+    f"INSERT INTO users ({USER_COLS}) VALUES ('vreal', 'V', 'vr@x', 1.5, 1, {NOW}, {NOW})",
+    # ids with no FK: kept as UUIDs and their text recorded; a skill key stays text
+    f"INSERT INTO points_ledger (id, user_id, event_type, event_id, created_at) VALUES "
+    f"('l5', '{U2}', 'focus', '{U1}', {NOW})",
+    "INSERT INTO universal_quests (id, title, skill_id, created_by, created_at, updated_at) "
+    f"VALUES ('uq_focus_1', 'Q', 'proficiency', 'system', {NOW}, {NOW})",
+    "INSERT INTO universal_quests (id, title, created_by, created_at, updated_at) "
+    f"VALUES ('quest-1767694272345', 'Q', '{U1.lower()}', {NOW}, {NOW})",
+    "INSERT INTO user_quest_progress (id, user_id, quest_id, created_at, updated_at) "
+    f"VALUES ('qp1', '{U1}', 'uq_focus_1', {NOW}, {NOW})",
+    "INSERT INTO user_quest_progress (id, user_id, quest_id, created_at, updated_at) "
+    f"VALUES ('qp2', '{U1}', 'uq_gone', {NOW}, {NOW})",
 ]
 
 EXPECTED_REJECTS = {
@@ -147,6 +175,12 @@ EXPECTED_REJECTS = {
     ("user_skills", "k2", "missing_parent"),
     ("books", "b1", "wrong_type"),
     ("habits", "h1", "not_null"),
+    ("journal_entries", "j1", "bad_text_array"),
+    ("ignition_packs", "p1", "bad_text_array"),
+    ("users", "v5", "implausible_datetime"),
+    ("users", "v2000", "implausible_datetime"),
+    ("users", "vms", "implausible_datetime"),
+    ("users", "vreal", "implausible_datetime"),
 }
 
 
@@ -222,7 +256,7 @@ def test_ids_are_normalised_or_mapped_and_recorded(migrated):
             "target_id::text FROM d1_migration.id_map WHERE source_table = 'users'"
         )
     )
-    assert id_map == {U1: U1.lower(), U2: v5(U2)}
+    assert id_map == {U1: U1.lower(), U2: v5(U2), **{u: v5(u) for u in ("v0", "v1", "v2001")}}
     assert one(conn, "SELECT count(*) FROM user_skills WHERE skill_key = 'focus'")[0] == 1
 
 
@@ -346,3 +380,126 @@ def test_a_failed_load_leaves_the_previous_state(migrated, monkeypatch):
     with source.snapshot() as snapshot:
         migrate_table(conn, snapshot, table, SCHEMA)
     assert conn.execute("SELECT * FROM points_ledger ORDER BY id").fetchall() == before
+
+
+def raw_and_reason(conn, table, pk):
+    return one(
+        conn,
+        "SELECT raw_row, reason FROM d1_migration.rejected_rows "
+        "WHERE source_table = %s AND source_pk = %s",
+        table,
+        pk,
+    )
+
+
+def test_a_lone_surrogate_in_a_text_array_is_quarantined_naming_the_element(migrated):
+    conn, _, _ = migrated
+    raw, reason = raw_and_reason(conn, "journal_entries", "j1")
+    assert raw["tags_json"] == '["ok","\\ud800"]'  # the D1 text, exactly
+    assert reason.startswith('tags_json[1] = "\\ud800" holds a lone UTF-16 surrogate')
+    raw, reason = raw_and_reason(conn, "ignition_packs", "p1")  # NOT NULL: not "fill it in"
+    assert raw["items_json"] == '["\\udc00x"]'
+    assert reason.startswith('items_json[0] = "\\udc00x" holds a lone UTF-16 surrogate')
+    assert one(conn, "SELECT tags FROM journal_entries WHERE id = %s", v5("j2"))[0] == ["😀"]
+
+
+def test_numbers_in_datetime_columns(migrated):
+    conn, _, _ = migrated
+    created = datetime(2026, 1, 6, 10, 11, 12, tzinfo=UTC)
+    verified = dict(
+        conn.execute(
+            "SELECT id::text, email_verified FROM users WHERE id = ANY(%s)",
+            [[v5("v1"), v5("v0"), v5("v2001")]],
+        ).fetchall()
+    )
+    assert verified == {  # 1: the user's created_at (the team's rule); 0: not verified
+        v5("v1"): created,
+        v5("v0"): None,
+        v5("v2001"): datetime(2001, 1, 1, tzinfo=UTC),
+    }
+    for pk, value in [("v5", "'5'"), ("v2000", "'978307199'"), ("vms", "'500000000000'")]:
+        raw, reason = raw_and_reason(conn, "users", pk)
+        assert f"= {value} read as epoch seconds/milliseconds is before 2001" in reason
+    raw, reason = raw_and_reason(conn, "users", "vreal")
+    assert raw["emailVerified"] == 1.5 and reason.startswith("emailVerified = '1.5' read as")
+
+
+def test_ids_without_fk_keep_their_d1_text(migrated):
+    conn, _, _ = migrated
+    skill, creator = one(
+        conn, "SELECT skill_id, created_by FROM universal_quests WHERE id = %s", v5("uq_focus_1")
+    )
+    assert (skill, creator) == ("proficiency", uuid.UUID(v5("system")))
+    progress = one(conn, "SELECT quest_id FROM user_quest_progress WHERE id = %s", v5("qp1"))
+    assert progress == (uuid.UUID(v5("uq_focus_1")),)  # the same UUID as the quest it names
+    ref_map = set(
+        conn.execute(
+            "SELECT source_table, target_pk, column_name, source_text, target_id::text "
+            "FROM d1_migration.ref_map"
+        ).fetchall()
+    )
+    assert ref_map == {
+        ("points_ledger", v5("l1"), "event_id", "focus_1", v5("focus_1")),
+        ("points_ledger", v5("l5"), "event_id", U1, U1.lower()),
+        ("universal_quests", v5("uq_focus_1"), "created_by", "system", v5("system")),
+        ("user_quest_progress", v5("qp1"), "quest_id", "uq_focus_1", v5("uq_focus_1")),
+        ("user_quest_progress", v5("qp2"), "quest_id", "uq_gone", v5("uq_gone")),
+    }
+
+
+def test_ref_map_follows_every_change_of_a_resync(tmp_path, new_database):
+    user = f"INSERT INTO users (id, email, created_at) VALUES ('{U2}', 'a@x', {NOW})"
+    quest = "INSERT INTO universal_quests (id, title, created_by) VALUES ('{0}', 'Q', '{1}')"
+    source = new_d1(
+        tmp_path / "d1.sqlite",
+        [
+            user,
+            quest.format("uq1", "system"),
+            quest.format("uq2", "admin_1"),
+            f"INSERT INTO user_quest_progress (id, user_id, quest_id) VALUES ('p1', '{U2}', 'uq1')",
+        ],
+    )
+    synced, shadow = new_database(), tmp_path / "shadow.sqlite"
+    sync(synced, source, shadow, incremental=True)
+    mutate(
+        source,
+        [
+            "UPDATE universal_quests SET created_by = 'admin_2' WHERE id = 'uq1'",
+            "UPDATE universal_quests SET created_by = 'created' || char(0) WHERE id = 'uq2'",
+            "DELETE FROM user_quest_progress WHERE id = 'p1'",
+            quest.format("uq3", U1),
+        ],
+    )
+    results = sync(synced, source, shadow, incremental=True)
+    assert results["universal_quests"].mode == results["user_quest_progress"].mode == "incremental"
+    assert_like_fresh_migration(synced, source, new_database())
+    assert dump(synced)["ref_map"] == [
+        repr(("universal_quests", v5("uq1"), "created_by", "admin_2", uuid.UUID(v5("admin_2")))),
+        repr(("universal_quests", v5("uq3"), "created_by", U1, uuid.UUID(U1.lower()))),
+    ]
+
+
+def test_a_target_synced_before_ref_map_is_brought_up_to_date(tmp_path, new_database):
+    """What the previous version left: skill keys as UUIDv5s, no ref_map; the next
+    incremental sync must still end where a fresh migration does."""
+    source = new_d1(
+        tmp_path / "d1.sqlite",
+        [
+            f"INSERT INTO users (id, email, created_at) VALUES ('{U2}', 'a@x', {NOW})",
+            "INSERT INTO universal_quests (id, title, skill_id, created_by) "
+            "VALUES ('uq1', 'Q', 'proficiency', 'system')",
+            f"INSERT INTO points_ledger (id, user_id, event_type, event_id) "
+            f"VALUES ('l1', '{U2}', 'focus', 'focus_1')",
+        ],
+    )
+    synced, shadow = new_database(), tmp_path / "shadow.sqlite"
+    sync(synced, source, shadow, incremental=True)
+    with psycopg.connect(synced, autocommit=True) as conn:
+        conn.execute("DROP TABLE d1_migration.ref_map")
+        conn.execute(
+            "ALTER TABLE universal_quests ALTER COLUMN skill_id TYPE uuid "
+            f"USING '{v5('proficiency')}'::uuid"
+        )
+    results = sync(synced, source, shadow, incremental=True)
+    assert {r.mode for r in results.values()} == {"full"}
+    assert_like_fresh_migration(synced, source, new_database())

@@ -23,7 +23,7 @@ USERS = 50
 CODES = {
     "bad_datetime", "impossible_datetime", "bad_json", "bad_text_array", "bad_enum", "wrong_type",
     "out_of_range", "bad_boolean", "nul_character", "invalid_utf8", "bad_hex", "check_violation",
-    "not_null", "missing_parent", "parent_quarantined", "duplicate_key",
+    "not_null", "missing_parent", "parent_quarantined", "duplicate_key", "implausible_datetime",
 }  # fmt: skip
 EPOCH = re.compile(r"^[0-9]{9,13}$")
 UNSTORABLE = re.compile("[\x00\udc80-\udcff]")  # NUL, or invalid UTF-8 after surrogateescape
@@ -188,8 +188,10 @@ def good_value(column: Column, value: object) -> bool:
         return isinstance(value, int)
     if kind is Kind.DOUBLE:
         return isinstance(value, (int, float))
-    if kind is Kind.TIMESTAMPTZ and isinstance(value, int):
-        return column.source_type == "INTEGER"  # epoch in an INTEGER column (emailVerified)
+    if kind is Kind.TIMESTAMPTZ and isinstance(value, int):  # in an INTEGER column
+        return column.source_type == "INTEGER" and (
+            value in dict(column.flags) or _since_2001(value)
+        )
     if not isinstance(value, str):
         return False
     if kind is Kind.ENUM:
@@ -204,8 +206,16 @@ def good_value(column: Column, value: object) -> bool:
     if kind is Kind.DATE:
         return re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value) is not None and _iso(value)
     if kind is Kind.TIMESTAMPTZ:
-        return EPOCH.match(value) is not None or _iso(value.replace("Z", "+00:00"))
+        if EPOCH.match(value):
+            return _since_2001(int(value))
+        return _iso(value.replace("Z", "+00:00"))
     return True
+
+
+def _since_2001(epoch: int) -> bool:
+    """Epoch seconds, or milliseconds from 1e11, at or after 2001-01-01: an instant the app
+    can have written."""
+    return (epoch / 1000 if epoch >= 10**11 else epoch) >= 978_307_200
 
 
 def _json(text: str) -> object:
@@ -312,4 +322,7 @@ def test_values_look_like_the_app_wrote_them(sample: tuple[Path, SampleSummary])
         tags = column("SELECT items_json FROM ignition_packs WHERE id = 'pack_studio_odds'")
         assert all(c in next(iter(tags)) for c in (",", '\\"', "\\\\", "é"))
         assert "[]" in column("SELECT tags_json FROM journal_entries")
+        assert 1 in column("SELECT emailVerified FROM users WHERE role = 'admin'")
+        assert "proficiency" in column("SELECT skill_id FROM universal_quests")
+        assert "system" in column("SELECT created_by FROM universal_quests")
     assert seen == set(forms)

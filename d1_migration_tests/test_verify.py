@@ -223,3 +223,25 @@ def test_a_second_shadow_leaves_postgres_stale_and_matches_d1_says_so(tmp_path, 
     found = verify(pg_url, source, "users")
     [difference] = found.samples
     assert difference.items() >= {"problem": "differs", "pk": pk, "columns": ["name"]}.items()
+
+
+def test_a_remapped_reference_lost_from_ref_map_is_found(tmp_path, pg_url):
+    """ref_map keeps the D1 text of ids remapped in columns with no FK: losing an entry makes
+    that text unrecoverable, so it counts as a difference."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=20, seed=5)
+    sync(pg_url, source, None, incremental=False)
+    table, target_pk, column = (
+        psycopg.connect(pg_url)
+        .execute("SELECT source_table, target_pk, column_name FROM d1_migration.ref_map LIMIT 1")
+        .fetchone()
+    )
+    assert verify(pg_url, source, table).passed
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "DELETE FROM d1_migration.ref_map WHERE source_table = %s AND target_pk = %s",
+            [table, target_pk],
+        )
+    found = verify(pg_url, source, table)
+    assert found.id_map_differences == 1
+    assert found.samples == [{"problem": f"ref_map entry of {column} differs", "pk": target_pk}]
