@@ -156,10 +156,55 @@ def stop_embedded_postgres(workdir: Path) -> None:
     server.cleanup()
 
 
+class TargetError(RuntimeError):
+    """The target cannot be used (a malformed URL, a failed connection); the message names at
+    most its host, port and database, as it ends up in Dagster's event log and the UI."""
+
+
+def _malformed(problem: str) -> TargetError:
+    return TargetError(
+        f"The target database URL is malformed: {problem}. Its text is not shown because "
+        "it may hold a password."
+    )
+
+
+def _parsed(url: str) -> dict[str, str]:
+    """The URL's parameters. libpq's own parse errors quote the URL, password included, so
+    they are replaced by a message without its text (``from None``: no chained traceback
+    carries it either). An ``@`` after the user:password part is refused too: libpq takes the
+    text after the first ``@`` as the host (or after a ``/`` as the database), which would
+    show the rest of an unescaped password as if it were a host or database name."""
+    authority, slash, rest = url.partition("://")[2].partition("/")
+    if authority.count("@") > 1 or (slash and "@" in rest):
+        raise _malformed("an '@' outside user:password (percent-encode it in a password as %40)")
+    try:
+        return conninfo_to_dict(url)
+    except Exception:
+        raise _malformed(
+            "libpq cannot parse it; expected postgresql://user:password@host:port/dbname, "
+            "with reserved characters of the password percent-encoded"
+        ) from None
+
+
 def redacted(url: str) -> str:
     """A URL fit for logs and metadata: host, port and database, never credentials."""
-    params = conninfo_to_dict(url)
+    params = _parsed(url)
     return make_conninfo(**{k: params[k] for k in ("host", "port", "dbname") if k in params})
+
+
+def connect_target(url: str) -> psycopg.Connection:
+    """``psycopg.connect``, whose errors may quote the URL: re-raised naming host, port and
+    database only, with the server's reason stripped of the password."""
+    shown = redacted(url)
+    try:
+        return psycopg.connect(url, autocommit=True)
+    except Exception as error:
+        reason = str(error).strip()
+        password = _parsed(url).get("password")
+        for secret in (url, password):
+            if secret:
+                reason = reason.replace(secret, "***")
+        raise TargetError(f"Cannot connect to the target ({shown}): {reason}") from None
 
 
 class PostgresTarget(ConfigurableResource):
@@ -179,7 +224,7 @@ class PostgresTarget(ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        with psycopg.connect(self.resolved_url(), autocommit=True) as conn:
+        with connect_target(self.resolved_url()) as conn:
             yield conn
 
 
