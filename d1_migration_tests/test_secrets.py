@@ -5,6 +5,7 @@ produce; each error is rendered as Python and Dagster would show it (with its ch
 tracebacks) and searched for every fragment of the password.
 """
 
+import hashlib
 import logging
 import socket
 import traceback
@@ -16,7 +17,9 @@ from dagster import DagsterInstance, serialize_value
 
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, TargetError
 from d1_migration.runner import materialize_all
-from d1_migration_tests.helpers import new_d1
+from d1_migration.spec import Schema
+from d1_migration.tables import SCHEMA
+from d1_migration_tests.helpers import assert_like_fresh_migration, mutate, new_d1, sync
 
 HEAD, TAIL = "Hunter2x", "s3cretTail"  # the password is HEAD + separator + TAIL
 PASSWORD = f"{HEAD}{TAIL}"
@@ -122,3 +125,49 @@ def test_a_dagster_run_with_a_bad_target_url_shows_no_password(
     output = capfd.readouterr()
     for text in (summary.failure, *recorded, output.out, output.err, caplog.text):
         assert_no_secret(text)
+
+
+TOKEN, NEW_TOKEN = "raw-session-token-0f3b9a", "raw-session-token-77c1de"
+AUTH = Schema(SCHEMA.enums, (SCHEMA.table("users"), SCHEMA.table("sessions")))
+
+
+def shadow_bytes(shadow: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in shadow.parent.glob(f"{shadow.name}*"))
+
+
+def test_the_shadow_keeps_only_a_digest_of_session_tokens_and_sees_them_change(
+    tmp_path, new_database
+):
+    source = new_d1(
+        tmp_path / "d1.sqlite",
+        [
+            "INSERT INTO users (id, email) VALUES ('u1', 'a@x')",
+            "INSERT INTO sessions (id, sessionToken, userId, expires) "
+            f"VALUES ('s1', '{TOKEN}', 'u1', '2026-03-01 10:00:00')",
+            "INSERT INTO sessions (id, sessionToken, userId, expires) "
+            "VALUES ('s2', 'other-token', 'u1', '2026-03-01 10:00:00')",
+            "INSERT INTO sessions (id, sessionToken, userId, expires) "  # not UTF-8
+            "VALUES ('s3', CAST(X'74ff6f' AS TEXT), 'u1', '2026-03-01 10:00:00')",
+        ],
+    )
+    synced, shadow = new_database(), tmp_path / "sync" / "shadow.sqlite"
+    assert sync(synced, source, shadow, incremental=True, schema=AUTH)["sessions"].mode == "full"
+    assert TOKEN.encode() not in shadow_bytes(shadow)
+
+    mutate(source, [f"UPDATE sessions SET sessionToken = '{NEW_TOKEN}' WHERE id = 's1'"])
+    again = sync(synced, source, shadow, incremental=True, schema=AUTH)["sessions"]
+    assert again.mode == "incremental" and again.updated == 1 and again.considered == 1
+    assert NEW_TOKEN.encode() not in shadow_bytes(shadow)
+    with psycopg.connect(synced) as conn:
+        stored = conn.execute(
+            "SELECT token_hash FROM sessions WHERE token_hash = %s",
+            [hashlib.sha256(NEW_TOKEN.encode()).digest()],
+        ).fetchall()
+    assert len(stored) == 1
+    assert_like_fresh_migration(synced, source, new_database(), schema=AUTH)
+
+    # The same bytes as a BLOB are another value to D1, so they are a change too.
+    mutate(source, ["UPDATE sessions SET sessionToken = CAST(sessionToken AS BLOB)"])
+    retyped = sync(synced, source, shadow, incremental=True, schema=AUTH)["sessions"]
+    assert retyped.considered == 3
+    assert_like_fresh_migration(synced, source, new_database(), schema=AUTH)
