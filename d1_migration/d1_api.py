@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from d1_migration.ddl import q
+from d1_migration.private_files import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +163,9 @@ def copy_database(api: D1Api, target: Path, page_rows: int = 500) -> str:
     bookmark of the state copied."""
     bookmark = api.bookmark()
     objects = list(pages(api, "type, name, sql", "sqlite_master", page_rows))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
     target.unlink(missing_ok=True)
-    conn = sqlite3.connect(target, isolation_level=None)
+    conn = sqlite3.connect(private_file(target), isolation_level=None)
     conn.execute("BEGIN")
     try:
         for kind in ("table", "index"):  # tables first: indexes refer to them

@@ -22,6 +22,7 @@ from pydantic import Field, PrivateAttr
 
 from d1_migration.d1_api import DEFAULT_API_BASE, D1Api, D1Database, copy_database
 from d1_migration.export import replayed_path
+from d1_migration.private_files import private_dir, private_file
 from d1_migration.source import Snapshot, SqliteSource
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,9 @@ def journal_mode(path: Path) -> str:
 
 def backup(path: Path, cache: Path) -> Path:
     """A consistent copy of a database that may be being written (SQLite's online backup)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    target = (
-        cache / f"snapshot-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.sqlite"
+    target = private_file(
+        private_dir(cache)
+        / f"snapshot-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.sqlite"
     )
     with (
         closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as source,

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from d1_migration.ddl import q
+from d1_migration.private_files import private_dir, private_file
 from d1_migration.source import CHOSEN_ROWS, Snapshot, SqliteSource, source_pk_text
 from d1_migration.spec import Table
 
@@ -70,7 +71,8 @@ class Shadow:
     def __init__(self, snapshot: Snapshot, path: Path) -> None:
         self.snapshot = snapshot
         self.conn: sqlite3.Connection = snapshot.connection
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        private_file(path)  # before SQLite creates it, and its -wal and -shm, with its mode
         if self.conn.in_transaction:  # no journal mode or safety level is set inside one
             self.conn.execute("COMMIT")
         self.conn.execute(f"ATTACH DATABASE ? AS {ALIAS}", [f"{path.resolve().as_uri()}?mode=rwc"])

@@ -7,19 +7,28 @@ tracebacks) and searched for every fragment of the password.
 
 import hashlib
 import logging
+import os
 import socket
+import sqlite3
+import stat
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from dagster import DagsterInstance, serialize_value
 
+from d1_migration.d1_api import copy_database
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, TargetError
 from d1_migration.runner import materialize_all
+from d1_migration.shadow import Shadow
+from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema
 from d1_migration.tables import SCHEMA
 from d1_migration_tests.helpers import assert_like_fresh_migration, mutate, new_d1, sync
+from d1_migration_tests.test_d1_api import api_for, fake_d1
+from d1_migration_tests.wrangler import write_export
 
 HEAD, TAIL = "Hunter2x", "s3cretTail"  # the password is HEAD + separator + TAIL
 PASSWORD = f"{HEAD}{TAIL}"
@@ -171,3 +180,61 @@ def test_the_shadow_keeps_only_a_digest_of_session_tokens_and_sees_them_change(
     retyped = sync(synced, source, shadow, incremental=True, schema=AUTH)["sessions"]
     assert retyped.considered == 3
     assert_like_fresh_migration(synced, source, new_database(), schema=AUTH)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """A umask that would leave new files 0644 and directories 0755."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def wal_backup(tmp_path: Path, copies: Path) -> Path:
+    database = new_d1(tmp_path / "wal.sqlite", [])
+    with sqlite3.connect(database) as d1:
+        d1.execute("PRAGMA journal_mode = WAL")
+    return D1Source(path=str(database), copy_dir=str(copies)).run_copy()["path"]
+
+
+def replayed_export(tmp_path: Path, copies: Path) -> Path:
+    export = tmp_path / "d1.sql"
+    write_export(new_d1(tmp_path / "exported.sqlite", []), export)
+    return D1Source(path=str(export), copy_dir=str(copies)).run_copy()["path"]
+
+
+def live_copy(tmp_path: Path, copies: Path) -> Path:
+    with fake_d1(new_d1(tmp_path / "live.sqlite", []), []) as server:
+        copy_database(api_for(server), copies / "d1-db1.sqlite")
+    return copies / "d1-db1.sqlite"
+
+
+@pytest.mark.parametrize("make", [wal_backup, replayed_export, live_copy])
+def test_copies_of_d1_are_private(tmp_path, usual_umask, make: Callable[[Path, Path], Path]):
+    (tmp_path / "work").mkdir(mode=0o755)
+    copies = tmp_path / "work" / "cache" / "copies"
+    copy = make(tmp_path, copies)
+    assert copy.parent == copies and mode(copy) == 0o600
+    assert mode(copies) == mode(copies.parent) == 0o700
+    assert mode(tmp_path / "work") == 0o755  # not the project's to narrow
+
+
+def test_the_shadow_and_its_log_files_are_private(tmp_path, tiny_d1, usual_umask):
+    shadow_path = tmp_path / "state" / "sync" / "shadow.sqlite"
+    with SqliteSource(tiny_d1).snapshot() as snapshot:
+        shadow = Shadow(snapshot, shadow_path)
+        shadow.replace_all(SCHEMA.table("users"))
+        shadow.commit()
+        side_files = [shadow_path.with_name(f"shadow.sqlite{s}") for s in ("-wal", "-shm")]
+        assert all(f.is_file() and mode(f) == 0o600 for f in side_files)
+    assert mode(shadow_path) == 0o600
+    assert mode(shadow_path.parent) == mode(shadow_path.parent.parent) == 0o700
+
+    shadow_path.chmod(0o644)  # as an earlier version left it
+    with SqliteSource(tiny_d1).snapshot() as snapshot:
+        Shadow(snapshot, shadow_path)
+        assert mode(shadow_path) == 0o600
