@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from dagster import DagsterInstance, serialize_value
 
+from d1_migration import export
 from d1_migration.d1_api import copy_database
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, TargetError
 from d1_migration.runner import materialize_all
@@ -221,6 +222,24 @@ def test_copies_of_d1_are_private(tmp_path, usual_umask, make: Callable[[Path, P
     assert copy.parent == copies and mode(copy) == 0o600
     assert mode(copies) == mode(copies.parent) == 0o700
     assert mode(tmp_path / "work") == 0o755  # not the project's to narrow
+
+
+def test_an_export_is_replayed_into_a_private_file(tmp_path, usual_umask, monkeypatch):
+    modes_while_replaying = []
+
+    def replay(export_path: Path, database: Path) -> int:
+        modes_while_replaying.append(mode(database))
+        return real_replay(export_path, database)
+
+    real_replay = export.replay
+    monkeypatch.setattr(export, "replay", replay)
+    copy = replayed_export(tmp_path, tmp_path / "copies")
+    assert modes_while_replaying == [0o600] and mode(copy) == 0o600
+
+    copy.chmod(0o644)  # as an earlier version left its cache
+    again = D1Source(path=str(tmp_path / "d1.sql"), copy_dir=str(tmp_path / "copies"))
+    assert again.run_copy()["path"] == copy and mode(copy) == 0o600
+    assert len(modes_while_replaying) == 1  # the cached replay was used
 
 
 def test_the_shadow_and_its_log_files_are_private(tmp_path, tiny_d1, usual_umask):
