@@ -157,27 +157,36 @@ def stop_embedded_postgres(workdir: Path) -> None:
     server.cleanup()
 
 
+TARGET_URL = "The target database URL"
+
+
 class TargetError(RuntimeError):
     """The target cannot be used (a malformed URL, a failed connection); the message names at
     most its host, port and database, as it ends up in Dagster's event log and the UI."""
 
 
-def _malformed(problem: str) -> TargetError:
+def _malformed(problem: str, name: str = TARGET_URL) -> TargetError:
     return TargetError(
-        f"The target database URL is malformed: {problem}. Its text is not shown because "
-        "it may hold a password."
+        f"{name} is malformed: {problem}. Its text is not shown because it may hold a password."
     )
+
+
+def refuse_stray_at(url: str, name: str = TARGET_URL) -> None:
+    """Refuse a URL with an ``@`` after its user:password part: libpq (and SQLAlchemy, for
+    Dagster's storage) takes the text after the first ``@`` as the host, or after a ``/`` as
+    the database, and its errors would show the rest of an unescaped password as a host name."""
+    authority, slash, rest = url.partition("://")[2].partition("/")
+    if authority.count("@") > 1 or (slash and "@" in rest):
+        raise _malformed(
+            "an '@' outside user:password (percent-encode it in a password as %40)", name
+        )
 
 
 def _parsed(url: str) -> dict[str, str]:
     """The URL's parameters. libpq's own parse errors quote the URL, password included, so
     they are replaced by a message without its text (``from None``: no chained traceback
-    carries it either). An ``@`` after the user:password part is refused too: libpq takes the
-    text after the first ``@`` as the host (or after a ``/`` as the database), which would
-    show the rest of an unescaped password as if it were a host or database name."""
-    authority, slash, rest = url.partition("://")[2].partition("/")
-    if authority.count("@") > 1 or (slash and "@" in rest):
-        raise _malformed("an '@' outside user:password (percent-encode it in a password as %40)")
+    carries it either)."""
+    refuse_stray_at(url)
     try:
         return conninfo_to_dict(url)
     except Exception:

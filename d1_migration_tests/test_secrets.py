@@ -21,6 +21,7 @@ from dagster import DagsterInstance, serialize_value
 
 from d1_migration import export
 from d1_migration.d1_api import copy_database
+from d1_migration.dagster_storage import pooled_instance
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, TargetError
 from d1_migration.runner import materialize_all
 from d1_migration.shadow import Shadow
@@ -134,6 +135,20 @@ def test_a_dagster_run_with_a_bad_target_url_shows_no_password(
     assert shown in "".join(recorded)  # the step failure says what is wrong
     output = capfd.readouterr()
     for text in (summary.failure, *recorded, output.out, output.err, caplog.text):
+        assert_no_secret(text)
+
+
+@pytest.mark.parametrize("misplaced", ["@", "/"])
+def test_a_dagster_storage_url_with_a_stray_at_is_refused_before_any_connection(
+    tmp_path, misplaced, caplog
+):
+    """dagster-postgres would log its connection retries, naming the host: the password's
+    tail, when an unescaped '@' made it part of the host."""
+    caplog.set_level(logging.DEBUG)
+    url = f"postgresql://app:{HEAD}{misplaced}{TAIL}@127.0.0.1:5432/dagster"
+    with pytest.raises(TargetError, match="DAGSTER_PG_URL is malformed") as error:
+        pooled_instance(tmp_path / "home", url)
+    for text in (rendered(error.value), caplog.text):
         assert_no_secret(text)
 
 
