@@ -32,6 +32,7 @@ from d1_migration.resources import (
     NotConfigured,
     PostgresTarget,
     SyncSettings,
+    TargetError,
     require_source,
 )
 from d1_migration.spec import Schema, Table
@@ -130,7 +131,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
     ) -> Iterator[MaterializeResult | AssetCheckResult]:
         try:
             yield from _sync_step(context, config, d1, postgres, sync, schema)
-        except NotConfigured as problem:  # one clear message, before anything was written
+        except (NotConfigured, TargetError) as problem:  # one message, nothing written
             raise Failure(description=str(problem)) from None
         except SchemaDrift as drift:
             raise Failure(

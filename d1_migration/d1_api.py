@@ -26,6 +26,7 @@ from pathlib import Path
 
 from d1_migration.ddl import q
 from d1_migration.drift import skipped_table
+from d1_migration.private_files import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +207,9 @@ def copy_database(
     that drift names them as skipped exactly as it does for a file."""
     bookmark = api.bookmark()
     objects = list(pages(api, "type, name, sql", "sqlite_master", page_rows))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
     target.unlink(missing_ok=True)
-    conn = sqlite3.connect(target, isolation_level=None)
+    conn = sqlite3.connect(private_file(target), isolation_level=None)
     conn.execute("BEGIN")
     empty: list[str] = []
     try:

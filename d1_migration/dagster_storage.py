@@ -17,6 +17,8 @@ from dagster import DagsterInstance
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 
+from d1_migration.resources import refuse_stray_at
+
 POOL_RECYCLE_SECONDS = 3600
 MAX_OVERFLOW = 10
 
@@ -28,6 +30,8 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> DagsterPostgresStorage:
+        if isinstance(config_value.get("postgres_url"), str):  # before dagster-postgres logs it
+            refuse_stray_at(config_value["postgres_url"], "DAGSTER_PG_URL")
         storage = super().from_config_value(inst_data, config_value)
         for part in (storage.run_storage, storage.event_log_storage, storage.schedule_storage):
             part.optimize_for_webserver(  # type: ignore[attr-defined]

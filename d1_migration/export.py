@@ -16,6 +16,8 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+from d1_migration.private_files import private_dir, private_file
+
 # Statements the replay manages itself: one transaction around everything.
 _SKIPPED_PREFIXES = ("BEGIN", "COMMIT", "END TRANSACTION", "ROLLBACK")
 
@@ -30,12 +32,12 @@ def replayed_path(export: Path, cache_dir: Path) -> Path:
     key = hashlib.sha256(f"{export.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     database = cache_dir / f"export-{key.hexdigest()[:16]}.sqlite"
     if not database.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cache_dir)
         partial = database.with_suffix(".partial")
         partial.unlink(missing_ok=True)
-        replay(export, partial)
+        replay(export, private_file(partial))
         partial.rename(database)
-    return database
+    return private_file(database)  # a replay cached by an earlier version may be wider
 
 
 def replay(export: Path, database: Path) -> int:

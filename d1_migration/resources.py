@@ -24,6 +24,7 @@ from pydantic import Field, PrivateAttr
 
 from d1_migration.d1_api import DEFAULT_API_BASE, D1Api, D1Database, copy_database
 from d1_migration.export import replayed_path
+from d1_migration.private_files import private_dir, private_file
 from d1_migration.source import Snapshot, SqliteSource
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,9 @@ def journal_mode(path: Path) -> str:
 
 def backup(path: Path, cache: Path) -> Path:
     """A consistent copy of a database that may be being written (SQLite's online backup)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    target = (
-        cache / f"snapshot-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.sqlite"
+    target = private_file(
+        private_dir(cache)
+        / f"snapshot-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.sqlite"
     )
     with (
         closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as source,
@@ -192,10 +193,64 @@ def stop_embedded_postgres(workdir: Path) -> None:
     server.cleanup()
 
 
+TARGET_URL = "The target database URL"
+
+
+class TargetError(RuntimeError):
+    """The target cannot be used (a malformed URL, a failed connection); the message names at
+    most its host, port and database, as it ends up in Dagster's event log and the UI."""
+
+
+def _malformed(problem: str, name: str = TARGET_URL) -> TargetError:
+    return TargetError(
+        f"{name} is malformed: {problem}. Its text is not shown because it may hold a password."
+    )
+
+
+def refuse_stray_at(url: str, name: str = TARGET_URL) -> None:
+    """Refuse a URL with an ``@`` after its user:password part: libpq (and SQLAlchemy, for
+    Dagster's storage) takes the text after the first ``@`` as the host, or after a ``/`` as
+    the database, and its errors would show the rest of an unescaped password as a host name."""
+    authority, slash, rest = url.partition("://")[2].partition("/")
+    if authority.count("@") > 1 or (slash and "@" in rest):
+        raise _malformed(
+            "an '@' outside user:password (percent-encode it in a password as %40)", name
+        )
+
+
+def _parsed(url: str) -> dict[str, str]:
+    """The URL's parameters. libpq's own parse errors quote the URL, password included, so
+    they are replaced by a message without its text (``from None``: no chained traceback
+    carries it either)."""
+    refuse_stray_at(url)
+    try:
+        return conninfo_to_dict(url)
+    except Exception:
+        raise _malformed(
+            "libpq cannot parse it; expected postgresql://user:password@host:port/dbname, "
+            "with reserved characters of the password percent-encoded"
+        ) from None
+
+
 def redacted(url: str) -> str:
     """A URL fit for logs and metadata: host, port and database, never credentials."""
-    params = conninfo_to_dict(url)
+    params = _parsed(url)
     return make_conninfo(**{k: params[k] for k in ("host", "port", "dbname") if k in params})
+
+
+def connect_target(url: str) -> psycopg.Connection:
+    """``psycopg.connect``, whose errors may quote the URL: re-raised naming host, port and
+    database only, with the server's reason stripped of the password."""
+    shown = redacted(url)
+    try:
+        return psycopg.connect(url, autocommit=True)
+    except Exception as error:
+        reason = str(error).strip()
+        password = _parsed(url).get("password")
+        for secret in (url, password):
+            if secret:
+                reason = reason.replace(secret, "***")
+        raise TargetError(f"Cannot connect to the target ({shown}): {reason}") from None
 
 
 class PostgresTarget(ConfigurableResource):
@@ -219,7 +274,7 @@ class PostgresTarget(ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        with psycopg.connect(self.resolved_url(), autocommit=True) as conn:
+        with connect_target(self.resolved_url()) as conn:
             yield conn
 
 

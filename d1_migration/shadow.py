@@ -4,7 +4,9 @@ Change detection compares the source with it inside SQLite, value by value (``IS
 an integer 1 from the text '1'), so a re-sync finds inserts, updates and deletes in any table
 without trusting timestamps and without bringing unchanged rows into Python. Shadow rows sit at
 their source rowid, so the comparison is an integer-key join; a derived column (``source_sql``)
-is kept as the value it gave, so a change in the row it reads counts as a change.
+is kept as the value it gave, so a change in the row it reads counts as a change. A secret
+column (``secret=True`` in the spec: the session token) is kept only as a SHA-256 digest of its
+type and value, which tells every change as well as the value would.
 
 Only the rows that can differ are compared. With the shadow, the hash and rowid range of each
 of the source's leaf pages is recorded (Snapshot.leaf_pages). A page that hashes as one
@@ -26,6 +28,7 @@ a new or rebuilt target starts with no shadow, which makes its first sync a full
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import struct
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from d1_migration.ddl import q
+from d1_migration.private_files import private_dir, private_file
 from d1_migration.source import CHOSEN_ROWS, Snapshot, SqliteSource, source_pk_text
 from d1_migration.spec import Table
 
@@ -44,6 +48,7 @@ PAGES = f"{ALIAS}._pages"  # per table: its source's leaf pages (hash, rowid ran
 PAGE = struct.Struct("<16sqq")
 SCOPE = "temp.d1m_scope"  # the rowid ranges a comparison reads
 Ranges = dict[bytes, tuple[int, int]]  # leaf page hash -> (first, last) rowid on it
+DIGEST = "d1m_digest"  # SQL function: _digest
 
 
 @dataclass
@@ -66,13 +71,15 @@ class Shadow:
     def __init__(self, snapshot: Snapshot, path: Path) -> None:
         self.snapshot = snapshot
         self.conn: sqlite3.Connection = snapshot.connection
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        private_file(path)  # before SQLite creates it, and its -wal and -shm, with its mode
         if self.conn.in_transaction:  # no journal mode or safety level is set inside one
             self.conn.execute("COMMIT")
         self.conn.execute(f"ATTACH DATABASE ? AS {ALIAS}", [f"{path.resolve().as_uri()}?mode=rwc"])
         self.conn.execute(f"PRAGMA {ALIAS}.journal_mode = WAL")  # see the module docstring
         self.conn.execute(f"PRAGMA {ALIAS}.synchronous = NORMAL")
         self.conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoint() does it, once a run
+        self.conn.create_function(DIGEST, 2, _digest, deterministic=True)
         self.conn.execute("BEGIN")
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLES} (table_name TEXT PRIMARY KEY, "
@@ -88,10 +95,18 @@ class Shadow:
         self._projections: dict[str, list[tuple[str, str]]] = {}
 
     def _projection(self, table: Table) -> list[tuple[str, str]]:
-        """(shadow column, source SQL) pairs: every D1 column, then each derived value."""
+        """(shadow column, source SQL) pairs: every D1 column, then each derived value. A
+        secret column (a session token) is kept only as its digest, which is all change
+        detection needs: the shadow must not be one more file holding the raw secrets."""
         if table.name not in self._projections:
+            secret = {c.source_name for c in table.columns if c.secret}
             names = self.snapshot.columns(table.name)
-            pairs = [(name, f"{q(table.name)}.{q(name)}") for name in names]
+            pairs = [
+                (f"{name}__sha256", _digest_sql(f"{q(table.name)}.{q(name)}"))
+                if name in secret
+                else (name, f"{q(table.name)}.{q(name)}")
+                for name in names
+            ]
             pairs += [(f"{c.name}__derived", c.source_sql) for c in table.columns if c.source_sql]
             self._projections[table.name] = pairs
         return self._projections[table.name]
@@ -289,6 +304,22 @@ class Shadow:
 def _pages_ahead(path: Path, table: Table) -> tuple[tuple, dict[bytes, int] | None]:
     with SqliteSource(path).snapshot() as snapshot:
         return snapshot.version(), snapshot.leaf_pages(table)
+
+
+def _digest_sql(expr: str) -> str:
+    """SQL giving the digest of ``expr``'s value; text is passed as its bytes, so that text
+    which is not valid UTF-8 reaches _digest as it is."""
+    value = f"CASE WHEN typeof({expr}) = 'text' THEN CAST({expr} AS BLOB) ELSE {expr} END"
+    return f"{DIGEST}(typeof({expr}), {value})"
+
+
+def _digest(storage: str, value: bytes | int | float | None) -> bytes | None:
+    """SHA-256 of a value and its storage class: equal digests mean equal values of the
+    same type, as ``IS NOT`` compares them (the integer 1 is not the text '1')."""
+    if value is None:
+        return None
+    data = value if isinstance(value, bytes) else repr(value).encode()
+    return hashlib.sha256(f"{storage}:".encode() + data).digest()
 
 
 def _decoded(keys: list) -> list:
