@@ -49,7 +49,7 @@ def build_resources() -> dict:
     }
 
 
-def _sync_mode(mode: str) -> dict:
+def sync_run_config(mode: str) -> dict:
     """Run config of the table step only: configuring a resource here would replace its
     whole config, environment-bound fields included."""
     return {"ops": {TABLE_STEP: {"config": {"mode": mode}}}}
@@ -60,21 +60,21 @@ migrate_job = define_asset_job(
     selection=AssetSelection.key_prefixes(TARGET_PREFIX),
     description="Bring every table up to date (parents first), processing only what changed "
     "since the last sync, and run the checks.",
-    config=_sync_mode("incremental"),
+    config=sync_run_config("incremental"),
     tags=SYNC_TAG,
 )
 full_rebuild_job = define_asset_job(
     "full_rebuild",
     selection=AssetSelection.key_prefixes(TARGET_PREFIX),
     description="Re-read, re-check and re-merge every row of every table.",
-    config=_sync_mode("full"),
+    config=sync_run_config("full"),
     tags=SYNC_TAG,
 )
 resync_schedule = ScheduleDefinition(
     name="resync",
     job=migrate_job,
     cron_schedule=os.environ.get(CRON_ENV, DEFAULT_CRON),
-    run_config=_sync_mode("incremental"),
+    run_config=sync_run_config("incremental"),
     default_status=DefaultScheduleStatus.STOPPED,  # turned on in the UI when the team is ready
     description=f"Incremental re-sync until cutover; cron from {CRON_ENV} ({DEFAULT_CRON}).",
 )

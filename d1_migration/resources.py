@@ -188,9 +188,14 @@ def stop_embedded_postgres(workdir: Path) -> None:
     """Stop the embedded server under ``workdir`` (it outlives runs on purpose)."""
     import pgserver
 
-    server = pgserver.get_server((workdir / "pgdata").resolve())
-    server.cleanup_mode = "stop"  # the handle was opened to keep the server running
-    server.cleanup()
+    data_dir = (workdir / "pgdata").resolve()
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    # pg_ctl itself, waiting until the server is down: pgserver's cleanup() stops it only when
+    # its on-disk list of handles says this process holds the last one, and under load it
+    # returned with the server still running (the demo test found postmaster.pid left).
+    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=server.system_user)
 
 
 TARGET_URL = "The target database URL"
