@@ -145,6 +145,8 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                     checks.failed(table)
                     context.log.exception(f"{table.name}: sync failed, the table is unchanged")
                     continue
+                if result.shadow_note:
+                    context.log.warning(result.shadow_note)
                 if result.quarantined:
                     context.log.warning(
                         f"{table.name}: {result.quarantined} row(s) quarantined in "
