@@ -27,6 +27,7 @@ from d1_migration.load import TableResult, ancestors, migrate_table
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.shadow import Shadow
 from d1_migration.spec import Schema, Table
+from d1_migration.target_lock import TARGET_POOL, TargetBusy, holder_name, target_lock
 
 
 def source_asset(table: Table) -> AssetSpec:
@@ -84,13 +85,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
     instead of 66 times, which on two cores is most of a no-change re-sync; and each table's
     checks run beside the loading of the next tables (checks.py)."""
 
-    @multi_asset(
-        name="migrate_tables",
-        specs=[table_spec(t) for t in schema.tables],
-        check_specs=check_specs(schema),
-        can_subset=True,
-    )
-    def migrate_tables(
+    def sync_selected(
         context: AssetExecutionContext, d1: D1Source, postgres: PostgresTarget, sync: SyncSettings
     ) -> Iterator[MaterializeResult | AssetCheckResult]:
         selected = context.selected_asset_keys
@@ -168,6 +163,29 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
             problems.append(f"{len(checks.errors)} check(s) could not run")
         if problems:
             raise Failure("; ".join(problems))
+
+    @multi_asset(
+        name="migrate_tables",
+        specs=[table_spec(t) for t in schema.tables],
+        check_specs=check_specs(schema),
+        can_subset=True,
+        pool=TARGET_POOL,  # runs Dagster launches take turns here; the lock covers the rest
+    )
+    def migrate_tables(
+        context: AssetExecutionContext, d1: D1Source, postgres: PostgresTarget, sync: SyncSettings
+    ) -> Iterator[MaterializeResult | AssetCheckResult]:
+        # Before D1 is copied (one copy file per source) and before anything is written.
+        lock = target_lock(
+            postgres.resolved_url(),
+            holder_name(context.run.run_id),
+            sync.lock_timeout_seconds,
+            on_wait=context.log.warning,
+        )
+        try:
+            with lock:
+                yield from sync_selected(context, d1, postgres, sync)
+        except TargetBusy as busy:  # raised before the block: nothing was written
+            raise Failure(description=str(busy)) from None
 
     return migrate_tables
 

@@ -16,6 +16,7 @@ from d1_migration.load import TableResult, sync_all
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.shadow import Shadow
 from d1_migration.spec import Schema
+from d1_migration.target_lock import TARGET_POOL, holder_name, target_lock
 
 
 @dataclass
@@ -64,7 +65,10 @@ def cutover_check(
     run_id: str | None = None,
 ) -> Verdict:
     reasons: list[str] = []
-    with postgres.connect() as conn:
+    with (
+        target_lock(postgres.resolved_url(), holder_name(run_id), sync.lock_timeout_seconds),
+        postgres.connect() as conn,
+    ):
         ensure_schema(conn, schema)
         with d1.snapshot() as snapshot:
             shadow = Shadow(snapshot, sync.shadow_path(conn))
@@ -105,6 +109,7 @@ def cutover_check(
 def build_cutover_job(schema: Schema):
     @op(
         name="final_sync_and_checks",
+        pool=TARGET_POOL,
         description="Final sync, a second sync that must change nothing, every check blocking.",
     )
     def cutover_gate(

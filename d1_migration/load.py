@@ -34,6 +34,7 @@ from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, ensure_schema
 from d1_migration.shadow import Changes, Shadow
 from d1_migration.source import ROWID, Snapshot, source_pk_text
 from d1_migration.spec import Kind, Schema, Table
+from d1_migration.target_lock import holder_name, target_lock
 from d1_migration.transforms import SOURCE_ID, Reject, convert_batch, uuid_for
 
 log = logging.getLogger(__name__)
@@ -703,19 +704,23 @@ def sync_all(
     run_id: str | None = None,
     tables: Iterable[str] | None = None,
 ) -> dict[str, TableResult]:
-    """Every table (or the named ones), parents first, outside Dagster (tests, the gate)."""
-    ensure_schema(conn, schema)
-    wanted = set(tables) if tables is not None else {t.name for t in schema.tables}
-    order = [t for t in load_order(schema) if t.name in wanted]
-    if shadow is not None and incremental:
-        shadow.prefetch(order)
-    results = {}
-    for table in order:
-        results[table.name] = migrate_table(
-            conn, snapshot, table, schema, run_id=run_id, shadow=shadow, incremental=incremental
-        )
-        if results[table.name].shadow_note:
-            log.warning(results[table.name].shadow_note)
-    if shadow is not None:
-        shadow.checkpoint()
+    """Every table (or the named ones), parents first, outside Dagster (tests, the gate).
+
+    It holds the target lock for the sync; a caller that opens the shadow holds it already
+    (target_lock), since the shadow's file must not be opened by two syncs at once."""
+    with target_lock(conn, holder_name(run_id)):
+        ensure_schema(conn, schema)
+        wanted = set(tables) if tables is not None else {t.name for t in schema.tables}
+        order = [t for t in load_order(schema) if t.name in wanted]
+        if shadow is not None and incremental:
+            shadow.prefetch(order)
+        results = {}
+        for table in order:
+            results[table.name] = migrate_table(
+                conn, snapshot, table, schema, run_id=run_id, shadow=shadow, incremental=incremental
+            )
+            if results[table.name].shadow_note:
+                log.warning(results[table.name].shadow_note)
+        if shadow is not None:
+            shadow.checkpoint()
     return results

@@ -198,6 +198,11 @@ class SyncSettings(ConfigurableResource):
         description="Where the shadow of each target is kept (env D1_MIGRATION_STATE_DIR); "
         "keep it on persistent disk, or every sync is a full one.",
     )
+    lock_timeout_seconds: float | None = Field(
+        default=None,
+        description="How long a sync waits for another sync of the same target to finish "
+        "before it gives up without writing anything; unset: as long as it takes.",
+    )
 
     def shadow_path(self, conn: psycopg.Connection) -> Path:
         """One shadow per target database, named by the target's sync token (which the

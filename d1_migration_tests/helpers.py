@@ -13,6 +13,7 @@ from d1_migration.shadow import Shadow
 from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema
 from d1_migration.tables import SCHEMA
+from d1_migration.target_lock import holder_name, target_lock
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: dagster.yaml, README.md
 
@@ -28,7 +29,11 @@ def sync(
     url: str, source: Path, shadow: Path | None, incremental: bool, schema: Schema = SCHEMA
 ) -> dict[str, TableResult]:
     """Every table of ``schema`` (a subset of the spec, for speed) from a SQLite file."""
-    with psycopg.connect(url, autocommit=True) as conn, SqliteSource(source).snapshot() as snap:
+    with (
+        target_lock(url, holder_name()),
+        psycopg.connect(url, autocommit=True) as conn,
+        SqliteSource(source).snapshot() as snap,
+    ):
         kept = Shadow(snap, shadow) if shadow else None
         return sync_all(
             conn, snap, SCHEMA, kept, incremental, tables=[t.name for t in schema.tables]
