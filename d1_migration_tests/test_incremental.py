@@ -5,11 +5,18 @@ would (with SQLite's foreign keys on, so deletes cascade as in D1), re-syncs inc
 and compares every table and the quarantine with a full migration into an empty database.
 """
 
+from pathlib import Path
+
 import psycopg
 import pytest
+from dagster import DagsterInstance, Definitions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from d1_migration import definitions
+from d1_migration.keys import target_key
+from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.runner import summarize
 from d1_migration.sample_data import build_sample_db
 from d1_migration.shadow import Shadow
 from d1_migration.spec import Schema
@@ -256,16 +263,62 @@ def _statements() -> st.SearchStrategy[list[str]]:
     return st.lists(st.lists(ops, min_size=1, max_size=6), min_size=1, max_size=4)
 
 
+class Killed(BaseException):
+    """The process dies: nothing after it runs, no handler catches it."""
+
+
+def _killed_in_the_commit_window(self: Shadow, *args: object) -> None:
+    raise Killed  # Postgres has committed the table; its shadow write never happens
+
+
+def _migrate_job(source: Path, url: str, state_dir: Path, mode: str = "incremental") -> None:
+    """A sync through the `migrate` job, its run config naming the mode and the state dir (a
+    job's run config replaces the resource's settings, all of them)."""
+    defs = Definitions(
+        assets=definitions.ASSETS,
+        jobs=[definitions.migrate_job],
+        resources={
+            "d1": D1Source(path=str(source)),
+            "postgres": PostgresTarget(url=url),
+            "sync": SyncSettings(state_dir=str(state_dir)),
+        },
+    )
+    result = defs.resolve_job_def("migrate").execute_in_process(
+        run_config={"resources": {"sync": {"config": {"mode": mode, "state_dir": str(state_dir)}}}},
+        instance=DagsterInstance.ephemeral(),
+        asset_selection=[target_key(t.name) for t in SMALL.tables],
+        raise_on_error=False,
+    )
+    assert result.success, summarize(result).failure
+
+
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rounds=_statements())
-def test_any_change_sequence_equals_a_fresh_migration(tmp_path_factory, new_database, rounds):
+@given(
+    rounds=_statements(),
+    ways=st.lists(st.sampled_from(["sync", "job", "killed"]), min_size=4, max_size=4),
+)
+def test_any_change_sequence_equals_a_fresh_migration(tmp_path_factory, new_database, rounds, ways):
+    """Each round syncs directly, through the `migrate` job, or is killed in the commit window
+    of its first table and then has its changes undone in D1 before the next sync."""
     work = tmp_path_factory.mktemp("prop")
-    source = new_d1(work / "d1.sqlite", [])
-    synced, shadow = new_database(), work / "shadow.sqlite"
-    sync(synced, source, shadow, incremental=True, schema=SMALL)
-    for statements in rounds:
+    source, state = new_d1(work / "d1.sqlite", []), work / "sync"
+    synced = new_database()
+    _migrate_job(source, synced, state)
+    [shadow] = state.glob("shadow-*.sqlite")  # the job's, which direct syncs share
+    for statements, way in zip(rounds, ways, strict=False):
+        before = source.read_bytes()
         mutate(source, statements)
-        sync(synced, source, shadow, incremental=True, schema=SMALL)
+        if way == "killed":
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(Shadow, "apply", _killed_in_the_commit_window)
+                patch.setattr(Shadow, "replace_all", _killed_in_the_commit_window)
+                with pytest.raises(Killed):
+                    sync(synced, source, shadow, incremental=True, schema=SMALL)
+            source.write_bytes(before)  # the edits are undone
+        if way == "job":
+            _migrate_job(source, synced, state)
+        else:
+            sync(synced, source, shadow, incremental=True, schema=SMALL)
         assert_like_fresh_migration(synced, source, new_database(), SMALL)
 
 

@@ -127,7 +127,8 @@ def test_a_sync_that_may_not_wait_is_refused_before_any_write(tmp_path, pg_url):
                 "sync": SyncSettings(state_dir=str(tmp_path / "sync")),
             },
         )
-        config = {"resources": {"sync": {"config": {"lock_timeout_seconds": 1}}}}
+        settings = {"lock_timeout_seconds": 1, "state_dir": str(tmp_path / "sync")}
+        config = {"resources": {"sync": {"config": settings}}}
         result = defs.resolve_job_def("migrate").execute_in_process(
             run_config=config, instance=DagsterInstance.ephemeral(), raise_on_error=False
         )
