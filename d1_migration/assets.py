@@ -36,6 +36,7 @@ from d1_migration.resources import (
     require_source,
 )
 from d1_migration.spec import Schema, Table
+from d1_migration.target_lock import TARGET_POOL, TargetBusy, holder_name, target_lock
 
 TABLE_STEP = "migrate_tables"  # the op that jobs configure (ops.migrate_tables.config)
 
@@ -121,6 +122,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
         specs=[table_spec(t) for t in schema.tables],
         check_specs=check_specs(schema),
         can_subset=True,
+        pool=TARGET_POOL,  # runs Dagster launches take turns here; the lock covers the rest
     )
     def migrate_tables(
         context: AssetExecutionContext,
@@ -130,8 +132,15 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
         sync: SyncSettings,
     ) -> Iterator[MaterializeResult | AssetCheckResult]:
         try:
-            yield from _sync_step(context, config, d1, postgres, sync, schema)
-        except (NotConfigured, TargetError) as problem:  # one message, nothing written
+            context.log.info(f"Syncing with {require_source(d1, postgres)}")
+            with target_lock(  # before D1 is copied (one copy file per source) or anything written
+                postgres.resolved_url(),
+                holder_name(context.run.run_id),
+                sync.lock_timeout_seconds,
+                on_wait=context.log.warning,
+            ):
+                yield from _sync_step(context, config, d1, postgres, sync, schema)
+        except (NotConfigured, TargetError, TargetBusy) as problem:  # one message, none written
             raise Failure(description=str(problem)) from None
         except SchemaDrift as drift:
             raise Failure(
@@ -152,7 +161,6 @@ def _sync_step(
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
     """The selected tables synced by the engine, each one's materialization and checks
     yielded as soon as it is committed; fails at the end if a table or a check did not run."""
-    context.log.info(f"Syncing with {require_source(d1, postgres)}")
     selected = {k.path[-1] for k in context.selected_asset_keys}
     described = {**d1.run_metadata(), "target": postgres.describe()}
     failed: list[str] = []
@@ -189,6 +197,8 @@ def _sync_step(
                 checks.failed(table)
                 context.log.error(f"{table.name}: not synced ({outcome.error})")
                 continue
+            if result.shadow_note:
+                context.log.warning(result.shadow_note)
             if result.quarantined:
                 context.log.warning(
                     f"{table.name}: {result.quarantined} row(s) quarantined in "

@@ -23,6 +23,7 @@ from d1_migration.resources import (
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.sample_data import build_sample_db
 from d1_migration.tables import SCHEMA
+from d1_migration.target_lock import TargetBusy
 
 DAGSTER_STORAGE_DB = "dagster"
 
@@ -104,7 +105,11 @@ def cutover_check(args: argparse.Namespace) -> int:
     postgres = PostgresTarget(url=os.environ.get(TARGET_ENV))
     sync = SyncSettings()  # D1_MIGRATION_STATE_DIR, or the default
     print(f"Cutover check of {redacted(postgres.resolved_url())} against {d1.path}")
-    verdict = run_cutover_check(d1, postgres, sync, SCHEMA)
+    try:
+        verdict = run_cutover_check(d1, postgres, sync, SCHEMA)
+    except TargetBusy as busy:
+        print(f"NOT READY for cutover: {busy}")
+        return 1
     print(verdict.render())
     return 0 if verdict.ready else 1
 

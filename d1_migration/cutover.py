@@ -18,6 +18,7 @@ from d1_migration.engine import SchemaDrift, sync_tables
 from d1_migration.load import TableResult
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, require_source
 from d1_migration.spec import Schema
+from d1_migration.target_lock import TARGET_POOL, holder_name, target_lock
 
 
 @dataclass
@@ -100,7 +101,16 @@ def cutover_check(
     schema: Schema,
     run_id: str | None = None,
 ) -> Verdict:
+    """The verdict, holding the target from the final sync to the last check (target_lock):
+    no other sync may change Postgres between them."""
     require_source(d1, postgres)
+    with target_lock(postgres.resolved_url(), holder_name(run_id), sync.lock_timeout_seconds):
+        return _verdict(d1, postgres, sync, schema, run_id)
+
+
+def _verdict(
+    d1: D1Source, postgres: PostgresTarget, sync: SyncSettings, schema: Schema, run_id: str | None
+) -> Verdict:
     final, reasons = _sync(d1, postgres, sync, schema, run_id)
     if reasons:  # a table that did not sync cannot be checked against D1: stop here
         return Verdict(ready=False, reasons=reasons)
@@ -138,6 +148,7 @@ def cutover_check(
 def build_cutover_job(schema: Schema):
     @op(
         name="final_sync_and_checks",
+        pool=TARGET_POOL,
         description="Final sync, a second sync that must change nothing, every check blocking.",
     )
     def cutover_gate(

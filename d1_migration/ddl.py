@@ -1,7 +1,10 @@
 """Postgres DDL derived from the table spec: enum types, tables, constraints, indexes.
 
 Everything is idempotent (IF NOT EXISTS, duplicate_object guards) so that every run can ensure
-the schema before data lands, without a separate migration tool.
+the schema before data lands, without a separate migration tool. It runs only when the catalog
+lacks something: even a no-op ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` takes an ACCESS
+EXCLUSIVE lock (and ``CREATE INDEX IF NOT EXISTS`` a SHARE lock) before it finds nothing to do,
+which queued behind another session's quarantine update and deadlocked with it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_state (
     mode TEXT NOT NULL,
     synced_at TIMESTAMPTZ NOT NULL,
     removed_at TIMESTAMPTZ,
-    changed_at TIMESTAMPTZ
+    changed_at TIMESTAMPTZ,
+    generation BIGINT NOT NULL DEFAULT 0
 );
 ALTER TABLE {BOOKKEEPING_SCHEMA}.sync_state ADD COLUMN IF NOT EXISTS changed_at TIMESTAMPTZ;
 CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.verified_slices (
@@ -73,6 +77,8 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.ref_map (
     target_id UUID NOT NULL,
     PRIMARY KEY (source_table, target_pk, column_name)
 );
+ALTER TABLE {BOOKKEEPING_SCHEMA}.sync_state
+    ADD COLUMN IF NOT EXISTS generation BIGINT NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_token (
     token UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
@@ -80,6 +86,21 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_token (
 INSERT INTO {BOOKKEEPING_SCHEMA}.sync_token (token)
     SELECT gen_random_uuid() WHERE NOT EXISTS (SELECT 1 FROM {BOOKKEEPING_SCHEMA}.sync_token);
 """
+
+
+# What BOOKKEEPING_DDL makes, as the catalog shows it: relations, then (table, column) pairs.
+BOOKKEEPING_RELATIONS = tuple(
+    f"{BOOKKEEPING_SCHEMA}.{name}"
+    for name in (
+        "id_map",
+        "rejected_rows",
+        "rejected_rows_open",
+        "id_map_target",
+        "sync_state",
+        "sync_token",
+    )
+)
+BOOKKEEPING_COLUMNS = (("sync_state", "changed_at"), ("sync_state", "generation"))
 
 
 def q(name: str) -> str:
@@ -153,18 +174,49 @@ def schema_statements(schema: Schema) -> list[str]:
     return statements
 
 
+def _bookkeeping_present(conn: psycopg.Connection) -> bool:
+    """Whether every object of BOOKKEEPING_DDL exists and the target has its sync token."""
+    complete = (
+        conn.execute(
+            """SELECT bool_and(to_regclass(r) IS NOT NULL) FROM unnest(%s::text[]) AS r""",
+            [list(BOOKKEEPING_RELATIONS)],
+        ).fetchone()[0]
+        and conn.execute(
+            """SELECT count(*) = %s FROM information_schema.columns WHERE table_schema = %s
+           AND (table_name, column_name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+            [
+                len(BOOKKEEPING_COLUMNS),
+                BOOKKEEPING_SCHEMA,
+                [t for t, _ in BOOKKEEPING_COLUMNS],
+                [c for _, c in BOOKKEEPING_COLUMNS],
+            ],
+        ).fetchone()[0]
+    )
+    return (
+        bool(complete)
+        and conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {BOOKKEEPING_SCHEMA}.sync_token)"
+        ).fetchone()[0]
+    )
+
+
+def _tables_present(conn: psycopg.Connection, schema: Schema) -> bool:
+    return conn.execute(
+        "SELECT bool_and(to_regclass(quote_ident(n)) IS NOT NULL) FROM unnest(%s::text[]) AS n",
+        [[t.name for t in schema.tables]],
+    ).fetchone()[0]
+
+
 def ensure_schema(conn: psycopg.Connection, schema: Schema) -> None:
-    """Create whatever is missing. Serialised with an advisory lock, so parallel runs are safe."""
-    names = [t.name for t in schema.tables]
+    """Create whatever is missing, and take no lock on a target that has it all (see the
+    module's docstring). Serialised with an advisory lock, so parallel runs are safe."""
+    if _bookkeeping_present(conn) and _tables_present(conn, schema):
+        return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('d1_migration.ensure_schema'))")
-        present = conn.execute(
-            "SELECT count(*) FROM unnest(%s::text[]) AS n WHERE to_regclass(quote_ident(n)) "
-            "IS NOT NULL",
-            [names],
-        ).fetchone()[0]
-        conn.execute(BOOKKEEPING_DDL)  # idempotent; also upgrades an older target's tables
-        if present == len(names):
+        if not _bookkeeping_present(conn):
+            conn.execute(BOOKKEEPING_DDL)  # also upgrades an older target's tables
+        if _tables_present(conn, schema):
             return
         for statement in schema_statements(schema):
             conn.execute(statement)

@@ -23,6 +23,7 @@ from d1_migration.load import TableResult, ancestors, migrate_table
 from d1_migration.shadow import Shadow
 from d1_migration.source import Snapshot
 from d1_migration.spec import Schema, Table
+from d1_migration.target_lock import holder_name, target_lock
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,33 @@ def sync_tables(
     selected: Collection[str] | None = None,
     skip_tables: tuple[str, ...] = (),
     on_drift_checked: Callable[[Drift], None] | None = None,
+    lock_timeout: float | None = None,
 ) -> Iterator[Outcome]:
     """Sync the ``selected`` tables (all by default) from ``snapshot`` into ``conn``'s database,
     yielding each table's outcome as soon as it is committed, so callers can check a table while
     the next ones load. ``shadow_file`` names the target's shadow (change detection; None: no
-    shadow, every table is loaded in full). Raises SchemaDrift before any write."""
+    shadow, every table is loaded in full). Raises SchemaDrift before any write, and
+    TargetBusy when another sync holds the target longer than ``lock_timeout`` (target_lock:
+    one sync of a target at a time, whoever starts it)."""
     drift = schema_drift(snapshot, schema, skip_tables)
     if on_drift_checked is not None:
         on_drift_checked(drift)
     if drift:
         raise SchemaDrift(drift)
+    with target_lock(conn, holder_name(run_id), lock_timeout):  # re-entrant: callers that
+        # copy D1 first (assets, the gate) take it before the copy, and this passes through
+        yield from _sync_locked(conn, snapshot, schema, shadow_file, incremental, run_id, selected)
+
+
+def _sync_locked(
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    schema: Schema,
+    shadow_file: Callable[[psycopg.Connection], Path] | None,
+    incremental: bool,
+    run_id: str | None,
+    selected: Collection[str] | None,
+) -> Iterator[Outcome]:
     ensure_schema(conn, schema)
     wanted = {t.name for t in schema.tables} if selected is None else set(selected)
     order = load_order(schema)
@@ -103,6 +121,8 @@ def sync_tables(
             log.exception("%s: sync failed, the table is unchanged", table.name)
             yield Outcome(table, Status.FAILED, error=f"{type(error).__name__}: {error}")
             continue
+        if result.shadow_note:
+            log.warning(result.shadow_note)
         yield Outcome(table, Status.SYNCED, result)
     if shadow is not None:
         shadow.checkpoint()

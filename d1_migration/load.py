@@ -18,6 +18,7 @@ back to a full one.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class TableResult:
     considered: int = 0  # source rows converted (all of them in a full load)
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
+    shadow_note: str = ""  # the shadow was behind Postgres, or could not record this sync
 
 
 def _csv(rows: pa.Table) -> bytes:
@@ -560,6 +562,22 @@ def _upstream(conn: psycopg.Connection, schema: Schema, table: Table) -> Upstrea
     return Upstream(removed_rows=bool(row[0]), changed=bool(row[1]))
 
 
+def _lag(conn: psycopg.Connection, shadow: Shadow, table: Table) -> str:
+    """Why the shadow cannot be trusted for ``table`` ('' when it can): it is not of the
+    generation Postgres holds, so it may hide a change that Postgres has and D1 undid."""
+    row = conn.execute(
+        f"SELECT generation FROM {SYNC_STATE} WHERE table_name = %s", [table.name]
+    ).fetchone()
+    ours, theirs = (None if row is None else row[0]), shadow.generation(table)
+    if ours == theirs:
+        return ""
+    return (
+        f"{table.name}: the shadow was behind Postgres (it records generation {theirs}, "
+        f"Postgres holds {ours}: a sync ended between Postgres's commit and the shadow's), "
+        "so the table was synced in full"
+    )
+
+
 def _finish(load: TableLoad, snapshot: Snapshot, run_id: str | None) -> Counts:
     load.apply_rules()
     inserted, updated, removed = load.merge()
@@ -637,13 +655,14 @@ def migrate_table(
     provably enough, and the shadow is brought up to date after Postgres commits.
     """
     started = time.perf_counter()
-    mode, changes = "full", Changes()
+    mode, changes, note = "full", Changes(), ""
     with conn.transaction():
         # Overlapping syncs (a run started by hand during a scheduled one) take turns per table.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"d1_migration:{table.name}"])
         if incremental and shadow is not None and shadow.usable(table):
+            note = _lag(conn, shadow, table)
             upstream = _upstream(conn, schema, table)
-            if not upstream.removed_rows:
+            if not note and not upstream.removed_rows:
                 try:
                     with conn.transaction():  # a savepoint: falling back discards the attempt
                         load, counts, rowids, changes = _incremental_load(
@@ -664,25 +683,37 @@ def migrate_table(
         inserted, updated, removed, remapped = counts
         # Descendants read these: removed rows may have cascaded into them; any change here
         # may change which of their quarantined rows pass. The clock, not the transaction
-        # start, so that a descendant whose sync began before this commit looks again.
+        # start, so that a descendant whose sync began before this commit looks again. The
+        # generation tells the shadow, written after this commit, whether it caught up.
         changed = mode == "full" or load.considered > 0 or bool(changes.deleted)
-        conn.execute(
+        generation = conn.execute(
             f"""INSERT INTO {SYNC_STATE} AS s (table_name, mode, synced_at, removed_at,
-                    changed_at)
+                    changed_at, generation)
                 VALUES (%(t)s, %(m)s, now(), CASE WHEN %(r)s THEN clock_timestamp() END,
-                    CASE WHEN %(c)s THEN clock_timestamp() END)
+                    CASE WHEN %(c)s THEN clock_timestamp() END, 1)
                 ON CONFLICT (table_name) DO UPDATE SET mode = %(m)s, synced_at = now(),
                     removed_at = coalesce(EXCLUDED.removed_at, s.removed_at),
-                    changed_at = coalesce(EXCLUDED.changed_at, s.changed_at)""",
+                    changed_at = coalesce(EXCLUDED.changed_at, s.changed_at),
+                    generation = s.generation + 1
+                RETURNING generation""",
             {"t": table.name, "m": mode, "r": removed > 0, "c": changed},
-        )
-    source_rows = snapshot.count(table)  # before the shadow's commit ends this snapshot
+        ).fetchone()[0]
+        # Before the shadow's commit ends this snapshot, and before Postgres's: whatever fails
+        # after that commit is the shadow's alone, and said so.
+        source_rows = snapshot.count(table)
     if shadow is not None:
-        if mode == "full":
-            shadow.replace_all(table)
-        else:
-            shadow.apply(table, rowids, changes.stale)
-        shadow.commit()
+        try:
+            if mode == "full":
+                shadow.replace_all(table, generation)
+            else:
+                shadow.apply(table, rowids, changes.stale, generation)
+            shadow.commit()
+        except sqlite3.Error as error:  # Postgres has it: the next sync sees the lag
+            shadow.rollback()
+            note += "; " * bool(note) + (
+                f"{table.name}: synced in Postgres, but the shadow could not record it "
+                f"({error}); the table's next sync is a full pass"
+            )
     return TableResult(
         table=table.name,
         source_rows=source_rows,
@@ -695,4 +726,5 @@ def migrate_table(
         considered=load.considered,
         seconds=round(time.perf_counter() - started, 3),
         reasons=dict(Counter(r.code for r in load.rejects)),
+        shadow_note=note,
     )

@@ -243,12 +243,13 @@ def redacted(url: str) -> str:
     return make_conninfo(**{k: params[k] for k in ("host", "port", "dbname") if k in params})
 
 
-def connect_target(url: str) -> psycopg.Connection:
-    """``psycopg.connect``, whose errors may quote the URL: re-raised naming host, port and
-    database only, with the server's reason stripped of the password."""
+def connect_target(url: str, **options: str) -> psycopg.Connection:
+    """``psycopg.connect`` (autocommit, libpq ``options`` such as application_name), whose
+    errors may quote the URL: re-raised naming host, port and database only, with the server's
+    reason stripped of the password."""
     shown = redacted(url)
     try:
-        return psycopg.connect(url, autocommit=True)
+        return psycopg.connect(url, autocommit=True, **options)
     except Exception as error:
         reason = str(error).strip()
         password = _parsed(url).get("password")
@@ -296,6 +297,12 @@ class SyncSettings(ConfigurableResource):
 
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_WORKDIR / "sync")
+
+    lock_timeout_seconds: float | None = Field(
+        default=None,
+        description="How long a sync waits for another sync of the same target to finish "
+        "before it gives up without writing anything; unset: as long as it takes.",
+    )
 
     def shadow_path(self, conn: psycopg.Connection) -> Path:
         """One shadow per target database, named by the target's sync token (which the

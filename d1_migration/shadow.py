@@ -16,11 +16,15 @@ a recorded page that is gone (a delete). Only those ranges are compared; a table
 and no vanished page is not read at all. A table whose derived column reads another table has
 no page map (that value can change while its own pages do not) and is compared whole.
 
-The shadow is written only after Postgres committed the table, from the same source snapshot;
-if the process dies in between, the next sync re-applies those rows, which changes nothing.
-That also makes a shadow that is behind harmless, so it is written without waiting for the disk
-(WAL, synchronous=NORMAL): a crash can lose its last commits, never corrupt it. Its log is
-folded into the file once a run (checkpoint()), not during the table commits.
+The shadow is written only after Postgres committed the table, from the same source snapshot,
+so it can be behind Postgres: the process died in between, or the write failed. A shadow that
+is behind would hide a change that is undone in D1 afterwards (the shadow already equals D1,
+Postgres does not), so each table's generation, which Postgres bumps in the table's own
+transaction (load.py), is recorded beside its rows; a shadow recorded at another generation is
+not trusted and the table gets a full pass. That makes a lost shadow commit harmless, so it is
+written without waiting for the disk (WAL, synchronous=NORMAL): a crash can lose its last
+commits, never corrupt it. Its log is folded into the file once a run (checkpoint()), not
+during the table commits.
 
 A shadow belongs to one target database: its file is named after the target's sync token, so
 a new or rebuilt target starts with no shadow, which makes its first sync a full one.
@@ -44,6 +48,7 @@ from d1_migration.spec import Table
 
 ALIAS = "shadow"
 TABLES = f"{ALIAS}._tables"  # per table: the column layout of its shadow
+GENERATIONS = f"{ALIAS}._generations"  # per table: the Postgres generation its rows are of
 PAGES = f"{ALIAS}._pages"  # per table: its source's leaf pages (hash, rowid range) when recorded
 PAGE = struct.Struct("<16sqq")
 SCOPE = "temp.d1m_scope"  # the rowid ranges a comparison reads
@@ -87,6 +92,10 @@ class Shadow:
         )
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {PAGES} (table_name TEXT PRIMARY KEY, pages BLOB NOT NULL)"
+        )
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {GENERATIONS} (table_name TEXT PRIMARY KEY, "
+            "generation INTEGER NOT NULL)"
         )
         self._ahead: dict[str, Future] = {}  # see prefetch()
         self._worker: ThreadPoolExecutor | None = None
@@ -188,6 +197,13 @@ class Shadow:
         ).fetchone()
         return row is not None and row[0].decode() == self._layout(table)
 
+    def generation(self, table: Table) -> int | None:
+        """The Postgres generation of ``table`` the shadow's rows are of (None: unknown)."""
+        row = self.conn.execute(
+            f"SELECT generation FROM {GENERATIONS} WHERE table_name = ?", [table.name]
+        ).fetchone()
+        return None if row is None else row[0]
+
     def changes(self, table: Table) -> Changes:
         changes = Changes()
         scope = self._scope(table)
@@ -241,11 +257,16 @@ class Shadow:
             f"{', '.join(sql for _, sql in projection)} FROM main.{name} {where}"
         )
 
-    def _record(self, table: Table) -> None:
-        """Record the layout and the page map: call once the shadow equals the snapshot."""
+    def _record(self, table: Table, generation: int) -> None:
+        """Record the layout, the generation and the page map: call once the shadow equals
+        the snapshot that Postgres committed as ``generation``."""
         self.conn.execute(
             f"INSERT OR REPLACE INTO {TABLES} (table_name, layout) VALUES (?, ?)",
             [table.name, self._layout(table)],
+        )
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO {GENERATIONS} (table_name, generation) VALUES (?, ?)",
+            [table.name, generation],
         )
         pages = self._current_pages(table)
         if pages is None:
@@ -254,16 +275,16 @@ class Shadow:
             blob = b"".join(PAGE.pack(h, first, last) for h, (first, last) in pages.items())
             self.conn.execute(f"INSERT OR REPLACE INTO {PAGES} VALUES (?, ?)", [table.name, blob])
 
-    def replace_all(self, table: Table) -> None:
+    def replace_all(self, table: Table, generation: int) -> None:
         """After a full load: the shadow becomes the whole source table."""
         name = q(table.name)
         columns = ", ".join(q(col) for col, _ in self._projection(table))  # no type: no affinity
         self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{name}")
         self.conn.execute(f"CREATE TABLE {ALIAS}.{name} (_rowid INTEGER PRIMARY KEY, {columns})")
         self._copy_rows(table)
-        self._record(table)
+        self._record(table, generation)
 
-    def apply(self, table: Table, rowids: list[int], stale: list[int]) -> None:
+    def apply(self, table: Table, rowids: list[int], stale: list[int], generation: int) -> None:
         """After an incremental load: record the processed rows as they are in the snapshot."""
         self.conn.executemany(
             f"DELETE FROM {ALIAS}.{q(table.name)} WHERE _rowid = ?", ((r,) for r in stale)
@@ -271,7 +292,7 @@ class Shadow:
         if rowids:
             self.snapshot.choose(rowids)
             self._copy_rows(table, f"WHERE rowid IN (SELECT id FROM {CHOSEN_ROWS})")
-        self._record(table)
+        self._record(table, generation)
 
     def commit(self) -> None:
         """Persist the shadow; this ends the snapshot's read transaction, so start a new one."""

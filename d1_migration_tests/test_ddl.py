@@ -65,3 +65,25 @@ def test_ensure_schema_is_idempotent_and_creates_all_tables(pg):
     }
     assert names == {t.name for t in SCHEMA.tables}
     assert pg.execute("SELECT to_regclass('d1_migration.rejected_rows') IS NOT NULL").fetchone()[0]
+
+
+def test_ensure_schema_takes_no_lock_on_a_complete_target(pg, pg_url):
+    """Another run's quarantine update is in flight (its row locks held): ensuring the schema
+    of a target that has it all must not wait for it, let alone deadlock with it."""
+    ensure_schema(pg, SCHEMA)
+    with psycopg.connect(pg_url) as other:
+        other.execute("UPDATE d1_migration.rejected_rows SET resolved_at = now()")
+        other.execute("UPDATE d1_migration.sync_state SET mode = mode")
+        pg.execute("SET lock_timeout = '2s'")
+        ensure_schema(pg, SCHEMA)  # LockNotAvailable if it queues behind ``other``
+        other.rollback()
+
+
+def test_ensure_schema_upgrades_a_target_that_lacks_a_bookkeeping_column(pg):
+    ensure_schema(pg, SCHEMA)
+    pg.execute("ALTER TABLE d1_migration.sync_state DROP COLUMN generation")
+    ensure_schema(pg, SCHEMA)
+    assert pg.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'd1_migration' "
+        "AND table_name = 'sync_state' AND column_name = 'generation'"
+    ).fetchone() == (1,)

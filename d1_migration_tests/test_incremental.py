@@ -291,20 +291,40 @@ def _assert_matches_d1_everywhere(url: str, source: Path) -> None:
                 assert found.passed, (table.name, str(part), found.samples)
 
 
+class Killed(BaseException):
+    """The process dies: nothing after it runs, no handler catches it."""
+
+
+def _killed_in_the_commit_window(self: Shadow, *args: object) -> None:
+    raise Killed  # Postgres has committed the table; its shadow write never happens
+
+
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rounds=_statements(),
-    routes=st.lists(st.sampled_from(["engine", "migrate job"]), min_size=4, max_size=4),
+    routes=st.lists(st.sampled_from(["engine", "migrate job", "killed"]), min_size=4, max_size=4),
 )
 def test_any_change_sequence_equals_a_fresh_migration(
     tmp_path_factory, new_database, rounds, routes
 ):
+    """Each round syncs through the engine or the `migrate` job, or is killed in the commit
+    window of its first table and has its changes undone in D1 before the next sync (so the
+    shadow lags Postgres, which the next sync must notice)."""
     work = tmp_path_factory.mktemp("prop")
     source = new_d1(work / "d1.sqlite", [])
     synced, state = new_database(), SyncSettings(state_dir=str(work / "state"))
     _sync_through("engine", synced, source, state)
     for statements, route in zip(rounds, routes, strict=False):
+        before = source.read_bytes()
         mutate(source, statements)
+        if route == "killed":
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(Shadow, "apply", _killed_in_the_commit_window)
+                patch.setattr(Shadow, "replace_all", _killed_in_the_commit_window)
+                with pytest.raises(Killed):
+                    _sync_through("engine", synced, source, state)
+            source.write_bytes(before)  # the edits are undone
+            route = "engine"
         _sync_through(route, synced, source, state)
         assert_like_fresh_migration(synced, source, new_database(), SMALL)
         _assert_matches_d1_everywhere(synced, source)

@@ -1,20 +1,33 @@
 """The re-sync schedule, the jobs' sync modes and the rule that syncs never overlap."""
 
 import importlib
+import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
+import psycopg
 from dagster import (
     DagsterInstance,
     DefaultScheduleStatus,
     Definitions,
     build_schedule_context,
 )
+from dagster._daemon.monitoring import execute_concurrency_slots_iteration
 
 from d1_migration import definitions
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
 from d1_migration.sample_data import build_sample_db
+from d1_migration.target_lock import TARGET_POOL
 from d1_migration_tests.helpers import ROOT, as_url
+
+log = logging.getLogger(__name__)
 
 
 def test_resync_schedule_is_off_until_turned_on_and_takes_its_cron_from_the_env(monkeypatch):
@@ -71,3 +84,55 @@ def test_the_jobs_choose_the_sync_mode(tmp_path, pg_url):
     assert modes("migrate") == {"full"}  # a first sync is full either way
     assert modes("migrate") == {"incremental"}
     assert modes("full_rebuild") == {"full"}
+
+
+def test_a_killed_run_does_not_keep_the_target_pool_slot(tmp_path, new_database, monkeypatch):
+    """The pool of the tables' step has one slot (dagster.yaml). A run killed with SIGKILL in
+    that step keeps its slot until the daemon frees it, after the run is marked failed (by its
+    code server under `dagster dev`; here by the test, as no code server runs); a new run then
+    syncs instead of waiting for ever."""
+    source, target = tmp_path / "d1.sqlite", new_database()
+    sample = build_sample_db(source, users=10, seed=3)
+    shutil.copy(ROOT / "dagster.yaml", tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DAGSTER_HOME": str(tmp_path),
+        "DAGSTER_PG_URL": as_url(new_database()),
+        "D1_MIGRATION_SOURCE": str(source),
+        "D1_MIGRATION_TARGET_URL": as_url(target),
+        "D1_MIGRATION_STATE_DIR": str(tmp_path / "sync"),
+    }
+    migrate = [Path(sys.executable).with_name("dagster"), "job", "execute", "-m"]
+    migrate += ["d1_migration.definitions", "-j", "migrate"]
+    with psycopg.connect(target) as stall:
+        killed = subprocess.Popen(migrate, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not _synced_a_table(target):
+                assert killed.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            stall.execute("LOCK TABLE exercise_sets IN SHARE MODE")  # keep it in the step
+        finally:
+            killed.send_signal(signal.SIGKILL)
+            killed.wait()
+    monkeypatch.setenv("DAGSTER_PG_URL", env["DAGSTER_PG_URL"])
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        [run] = instance.get_runs()
+        pool = instance.event_log_storage.get_concurrency_info(TARGET_POOL)
+        assert (pool.slot_count, pool.active_slot_count) == (1, 1)
+        instance.report_run_failed(run)
+        time.sleep(instance.run_monitoring_settings["free_slots_after_run_end_seconds"] + 1)
+        list(execute_concurrency_slots_iteration(SimpleNamespace(instance=instance), log))
+    done = subprocess.run(migrate, cwd=tmp_path, env=env, capture_output=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with psycopg.connect(target) as conn:
+        rows = conn.execute("SELECT count(*) FROM exercise_sets").fetchone()[0]
+    assert rows == sample.row_counts["exercise_sets"]
+
+
+def _synced_a_table(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('d1_migration.sync_state')").fetchone()[0] is None:
+            return False
+        return conn.execute("SELECT count(*) FROM d1_migration.sync_state").fetchone()[0] > 0

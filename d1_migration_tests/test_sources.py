@@ -176,7 +176,7 @@ def test_a_quiet_table_is_not_compared_row_by_row(tmp_path):
         before = {t.name: snapshot.leaf_pages(t) for t in (users, habits)}
         shadow = Shadow(snapshot, shadow_path)
         for table in (users, habits):
-            shadow.replace_all(table)
+            shadow.replace_all(table, 1)
         shadow.commit()
     mutate(source, ["UPDATE habits SET name = 'Renamed' WHERE rowid = 1"])
     statements: list[str] = []
@@ -194,7 +194,7 @@ def test_a_quiet_table_is_not_compared_row_by_row(tmp_path):
 def _recorded(source, shadow_path, table):
     with SqliteSource(source).snapshot() as snapshot:
         shadow = Shadow(snapshot, shadow_path)
-        shadow.replace_all(table)
+        shadow.replace_all(table, 1)
         shadow.commit()
 
 
