@@ -98,6 +98,8 @@ BOOKKEEPING_RELATIONS = tuple(
         "id_map_target",
         "sync_state",
         "sync_token",
+        "verified_slices",
+        "ref_map",
     )
 )
 BOOKKEEPING_COLUMNS = (("sync_state", "changed_at"), ("sync_state", "generation"))

@@ -261,7 +261,7 @@ def test_the_shadow_and_its_log_files_are_private(tmp_path, tiny_d1, usual_umask
     shadow_path = tmp_path / "state" / "sync" / "shadow.sqlite"
     with SqliteSource(tiny_d1).snapshot() as snapshot:
         shadow = Shadow(snapshot, shadow_path)
-        shadow.replace_all(SCHEMA.table("users"))
+        shadow.replace_all(SCHEMA.table("users"), 1)
         shadow.commit()
         side_files = [shadow_path.with_name(f"shadow.sqlite{s}") for s in ("-wal", "-shm")]
         assert all(f.is_file() and mode(f) == 0o600 for f in side_files)

@@ -1,6 +1,7 @@
 """matches_d1 on real SQLite and Postgres: a migrated target equals a fresh migration of D1,
 and every hand-made divergence (a value, a row, a quarantine entry, an id) is named."""
 
+import sqlite3
 from pathlib import Path
 
 import psycopg
@@ -203,21 +204,43 @@ def test_matches_d1_runs_in_materialize_all_and_alone(tmp_path, pg_url):
     assert difference.items() >= {"problem": "differs", "pk": pk, "columns": ["name"]}.items()
 
 
-def test_a_second_shadow_leaves_postgres_stale_and_matches_d1_says_so(tmp_path, pg_url):
-    """The trap of a job that lost its state directory: a sync through another shadow, then
-    an undo in D1 that the first shadow never saw change. Postgres keeps the undone value;
-    row_parity is blind to it (the counts agree), matches_d1 names the row."""
+def _through_a_second_shadow(tmp_path: Path, pg_url: str) -> tuple[Path, Path, str, str]:
+    """The trap of a job that lost its state directory: a rename synced through another
+    shadow, then undone in D1, which the first shadow never saw change. Returns the source, the
+    first shadow, the user's Postgres id and its D1 name."""
     source = tmp_path / "d1.sqlite"
     build_sample_db(source, users=15, seed=8)
     shadow, other = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
     sync(pg_url, source, shadow, incremental=True)
     sync(pg_url, source, other, incremental=True)
-    original = one(pg_url, "SELECT name FROM users ORDER BY id LIMIT 1")
     pk = str(one(pg_url, "SELECT id FROM users ORDER BY id LIMIT 1"))
-    d1_id = d1_user(source, pk)[0]
+    d1_id, name = d1_user(source, pk)
     mutate(source, [f"UPDATE users SET name = 'renamed' WHERE id = '{d1_id}'"])
     sync(pg_url, source, other, incremental=True)
-    mutate(source, [f"UPDATE users SET name = '{original}' WHERE id = '{d1_id}'"])
+    mutate(source, [f"UPDATE users SET name = '{name}' WHERE id = '{d1_id}'"])
+    return source, shadow, pk, name
+
+
+def test_a_shadow_behind_postgres_is_noticed_and_matches_d1_agrees(tmp_path, pg_url):
+    source, shadow, pk, name = _through_a_second_shadow(tmp_path, pg_url)
+    results = sync(pg_url, source, shadow, incremental=True)
+    assert results["users"].mode == "full"  # its generation is behind Postgres's
+    assert one(pg_url, f"SELECT name FROM users WHERE id = '{pk}'") == name
+    assert verify(pg_url, source, "users").passed
+
+
+def test_a_shadow_that_hides_a_change_leaves_a_stale_row_that_matches_d1_names(tmp_path, pg_url):
+    """matches_d1 does not trust the shadow. A shadow that claims Postgres's generation (a
+    restored copy, a tool's bug) hides the undo; the counts agree, so row_parity is blind to
+    the stale row; matches_d1 names it."""
+    source, shadow, pk, _ = _through_a_second_shadow(tmp_path, pg_url)
+    with psycopg.connect(pg_url) as conn, sqlite3.connect(shadow) as kept:
+        for table, generation in conn.execute(
+            "SELECT table_name, generation FROM d1_migration.sync_state"
+        ):
+            kept.execute(
+                "UPDATE _generations SET generation = ? WHERE table_name = ?", [generation, table]
+            )
     sync(pg_url, source, shadow, incremental=True)
     assert one(pg_url, f"SELECT name FROM users WHERE id = '{pk}'") == "renamed"
     found = verify(pg_url, source, "users")
