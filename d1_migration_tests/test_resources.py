@@ -1,5 +1,7 @@
 """Resources: secrets stay out of what is shown; no target URL means a real embedded server."""
 
+import os
+
 from d1_migration.resources import PostgresTarget, redacted, stop_embedded_postgres
 
 
@@ -19,6 +21,10 @@ def test_without_a_url_an_embedded_postgres_is_started(tmp_path):
             database = conn.execute("SELECT current_database()").fetchone()[0]
         assert version and database == "d1_target"
         assert (tmp_path / "pgdata" / "PG_VERSION").is_file()
+        # As root, pgserver runs the server as another user, who can then no longer reach the
+        # data directory (a new pytest session resets its temporary root to 0700 this way):
+        # the server must stop all the same.
+        os.chmod(tmp_path, 0o700)
     finally:
         stop_embedded_postgres(tmp_path)
     assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
