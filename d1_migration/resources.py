@@ -201,6 +201,11 @@ class TargetError(RuntimeError):
     most its host, port and database, as it ends up in Dagster's event log and the UI."""
 
 
+class TargetUnreachable(TargetError):
+    """The connection to the target failed (perhaps a server still restarting): a run started
+    by Dagster tries again, while a malformed URL (a plain TargetError) never mends by itself."""
+
+
 def _malformed(problem: str, name: str = TARGET_URL) -> TargetError:
     return TargetError(
         f"{name} is malformed: {problem}. Its text is not shown because it may hold a password."
@@ -250,7 +255,7 @@ def connect_target(url: str) -> psycopg.Connection:
         for secret in (url, password):
             if secret:
                 reason = reason.replace(secret, "***")
-        raise TargetError(f"Cannot connect to the target ({shown}): {reason}") from None
+        raise TargetUnreachable(f"Cannot connect to the target ({shown}): {reason}") from None
 
 
 class PostgresTarget(ConfigurableResource):
