@@ -203,7 +203,9 @@ class TargetError(RuntimeError):
 
 class TargetUnreachable(TargetError):
     """The connection to the target failed (perhaps a server still restarting): a run started
-    by Dagster tries again, while a malformed URL (a plain TargetError) never mends by itself."""
+    by Dagster tries again, while a malformed URL (a plain TargetError) never mends by itself.
+    (A wrong password is retried too: psycopg's connect errors carry no SQLSTATE to tell it
+    from a server that is starting up or shutting down.)"""
 
 
 def _malformed(problem: str, name: str = TARGET_URL) -> TargetError:
