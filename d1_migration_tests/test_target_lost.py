@@ -114,12 +114,12 @@ def test_the_engine_stops_at_once_with_one_target_lost(cluster, source, tmp_path
 
 
 def test_a_connection_lost_before_any_table_is_target_lost_naming_them_all(pg_url, tmp_path):
-    source = tmp_path / "d1.sqlite"
-    build_sample_db(source, users=10, seed=1)
+    path = tmp_path / "d1.sqlite"
+    build_sample_db(path, users=10, seed=1)
     with (
         psycopg.connect(pg_url, autocommit=True) as conn,
         psycopg.connect(pg_url, autocommit=True) as admin,
-        SqliteSource(source).snapshot() as snapshot,
+        SqliteSource(path).snapshot() as snapshot,
     ):
         admin.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
         with pytest.raises(TargetLost) as lost:
