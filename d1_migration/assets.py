@@ -14,17 +14,22 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
+    Backoff,
     Config,
+    DagsterEventType,
     Failure,
+    Jitter,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
     multi_asset,
 )
 from pydantic import Field
 
 from d1_migration.checks import CheckRunner, ContentCheck, check_specs
+from d1_migration.ddl import load_order
 from d1_migration.drift import Drift
-from d1_migration.engine import SchemaDrift, Status, sync_tables
+from d1_migration.engine import SchemaDrift, Status, TargetLost, sync_tables, unsynced_message
 from d1_migration.keys import source_key, target_key
 from d1_migration.load import TableResult
 from d1_migration.resources import (
@@ -33,12 +38,21 @@ from d1_migration.resources import (
     PostgresTarget,
     SyncSettings,
     TargetError,
+    TargetUnreachable,
     require_source,
 )
 from d1_migration.spec import Schema, Table
 from d1_migration.target_lock import TARGET_POOL, TargetBusy, holder_name, target_lock
 
 TABLE_STEP = "migrate_tables"  # the op that jobs configure (ops.migrate_tables.config)
+
+# Only a lost or unreachable target is retried (every other failure is Failure(allow_retries=
+# False)): the whole step again, where the tables already synced are incremental no-ops. Waits
+# of about 2, 6 and 14 s (each +-2 s, so that runs do not all come back at once) see a server
+# through a restart.
+TARGET_RETRY = RetryPolicy(
+    max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
 
 
 def source_asset(table: Table) -> AssetSpec:
@@ -123,6 +137,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
         check_specs=check_specs(schema),
         can_subset=True,
         pool=TARGET_POOL,  # runs Dagster launches take turns here; the lock covers the rest
+        retry_policy=TARGET_RETRY,
     )
     def migrate_tables(
         context: AssetExecutionContext,
@@ -140,13 +155,25 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                 on_wait=context.log.warning,
             ):
                 yield from _sync_step(context, config, d1, postgres, sync, schema)
+        except TargetLost as lost:  # transient: TARGET_RETRY runs the step again
+            raise _target_gone(context, schema, lost.cause) from None
+        except TargetUnreachable as unreachable:  # perhaps restarting: likewise
+            raise _target_gone(context, schema, str(unreachable)) from None
         except (NotConfigured, TargetError, TargetBusy) as problem:  # one message, none written
-            raise Failure(description=str(problem)) from None
+            raise Failure(description=str(problem), allow_retries=False) from None
         except SchemaDrift as drift:
             raise Failure(
                 description=str(drift),
                 metadata={"schema_drift": MetadataValue.json(drift.drift.problems)},
+                allow_retries=False,
             ) from None
+        except Failure:
+            raise  # _sync_step's verdict on tables and checks, already not retried
+        except Exception as error:  # a bug, or the source: running again would not mend it
+            raise Failure(
+                description="The table step failed (not retried: only a lost target is)",
+                allow_retries=False,
+            ) from error
 
     return migrate_tables
 
@@ -218,7 +245,23 @@ def _sync_step(
     if checks.errors:
         problems.append(f"{len(checks.errors)} check(s) could not run")
     if problems:
-        raise Failure("; ".join(problems))
+        raise Failure("; ".join(problems), allow_retries=False)
+
+
+def _target_gone(context: AssetExecutionContext, schema: Schema, cause: str) -> Failure:
+    """A retryable failure naming the cause and the selected tables that no attempt of this run
+    synced: a retry runs the whole step again, but what an earlier attempt committed stays
+    committed, so once retries run out this one message says what is left to do."""
+    records = context.instance.get_records_for_run(
+        context.run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    synced = {r.asset_key.path[-1] for r in records if r.asset_key is not None}
+    selected = {k.path[-1] for k in context.selected_asset_keys}
+    unsynced = [t.name for t in load_order(schema) if t.name in selected and t.name not in synced]
+    return Failure(
+        description=unsynced_message(cause, unsynced),
+        metadata={"unsynced_tables": MetadataValue.json(unsynced)},
+    )
 
 
 def build_assets(schema: Schema) -> list[AssetsDefinition | AssetSpec]:

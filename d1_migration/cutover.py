@@ -3,8 +3,8 @@
 Ready means: a final sync brought Postgres up to date, a second sync right after found nothing
 to do (so D1 is quiet: nobody is still writing to it), and every check passes, the quarantine
 check included (at cutover a quarantined row is a row the app would lose), and matches_d1
-verifies every table whole. Both syncs go through the engine (engine.py), schema drift and
-per-table failures included: either one makes the verdict NOT READY, never a crash.
+verifies every table whole. Both syncs go through the engine (engine.py), schema drift,
+per-table failures and a lost target included: each makes the verdict NOT READY, never a crash.
 """
 
 from dataclasses import dataclass, field
@@ -14,7 +14,7 @@ from dagster import AssetCheckResult, Failure, MetadataValue, OpExecutionContext
 
 from d1_migration.checks import ROW_PARITY, ContentCheck, table_check_results, wallet_drift
 from d1_migration.ddl import BOOKKEEPING_SCHEMA
-from d1_migration.engine import SchemaDrift, sync_tables
+from d1_migration.engine import SchemaDrift, TargetLost, sync_tables
 from d1_migration.load import TableResult
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, require_source
 from d1_migration.spec import Schema
@@ -56,7 +56,8 @@ def _sync(
     d1: D1Source, postgres: PostgresTarget, sync: SyncSettings, schema: Schema, run_id: str | None
 ) -> tuple[dict[str, TableResult], list[str]]:
     """One incremental sync through the engine: the synced tables' results, and a reason for
-    every table that did not sync (or for each schema difference, when nothing synced)."""
+    every table that did not sync (or for each schema difference, when nothing synced; or the one
+    reason a lost target gives, naming the tables left unsynced)."""
     results: dict[str, TableResult] = {}
     reasons: list[str] = []
     with d1.snapshot() as snapshot, postgres.connect() as conn:
@@ -76,6 +77,8 @@ def _sync(
                     reasons.append(f"pg/{outcome.table.name} was not synced: {outcome.error}")
         except SchemaDrift as drift:
             reasons += [f"schema drift: {problem}" for problem in drift.drift.problems]
+        except TargetLost as lost:
+            reasons.append(str(lost))
     return results, reasons
 
 

@@ -4,13 +4,15 @@ The table step of Materialize all and of the `migrate`/`full_rebuild` jobs and t
 schedule (assets.py), the cutover gate (cutover.py) and the CLI all sync through
 ``sync_tables``, so a guard added here holds everywhere: D1's schema is compared with the spec
 before anything is written, tables load parents first, and a table that fails is left as it
-was (one transaction) while its descendants are skipped and the others go on.
+was (one transaction) while its descendants are skipped and the others go on. A lost
+connection to the target is the exception: nothing more can be written on it, so the sync
+stops at once with one TargetLost naming the cause and the tables left unsynced.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -37,6 +39,34 @@ class SchemaDrift(Exception):
             + "\n".join(f"- {problem}" for problem in drift.problems)
         )
         self.drift = drift
+
+
+def unsynced_message(cause: str, unsynced: Sequence[str]) -> str:
+    """One line for a sync cut short: why, and what is left to do (what was committed stays).
+    The cause holds no password: psycopg's errors on an open connection do not quote the URL,
+    and connect_target's are redacted."""
+    reason = " ".join(cause.split())
+    return f"{reason}; {len(unsynced)} table(s) left unsynced: {', '.join(unsynced) or 'none'}"
+
+
+class TargetLost(Exception):
+    """The connection to the target broke mid-sync (a server restart or shutdown, a network
+    failure). Transient, unlike every other failure: the tables committed before stay
+    committed, and a sync started once the server is back does the rest."""
+
+    def __init__(self, cause: str, unsynced: Sequence[str]) -> None:
+        super().__init__(unsynced_message(cause, unsynced))
+        self.cause = cause
+        self.unsynced = list(unsynced)
+
+
+def _lost(conn: psycopg.Connection, error: Exception, unsynced: Sequence[str]) -> TargetLost | None:
+    """TargetLost when ``error`` ended ``conn``: psycopg then marks it closed (and broken); a
+    server shutting down says so first (AdminShutdown, CrashShutdown)."""
+    shutdown = isinstance(error, (psycopg.errors.AdminShutdown, psycopg.errors.CrashShutdown))
+    if not (conn.closed or shutdown):
+        return None
+    return TargetLost(f"Lost the connection to the target: {error}", unsynced)
 
 
 class Status(StrEnum):
@@ -72,9 +102,10 @@ def sync_tables(
     """Sync the ``selected`` tables (all by default) from ``snapshot`` into ``conn``'s database,
     yielding each table's outcome as soon as it is committed, so callers can check a table while
     the next ones load. ``shadow_file`` names the target's shadow (change detection; None: no
-    shadow, every table is loaded in full). Raises SchemaDrift before any write, and
-    TargetBusy when another sync holds the target longer than ``lock_timeout`` (target_lock:
-    one sync of a target at a time, whoever starts it)."""
+    shadow, every table is loaded in full). Raises SchemaDrift before any write, TargetBusy
+    when another sync holds the target longer than ``lock_timeout`` (target_lock: one sync of
+    a target at a time, whoever starts it), and TargetLost as soon as the connection to the
+    target is lost."""
     drift = schema_drift(snapshot, schema, skip_tables)
     if on_drift_checked is not None:
         on_drift_checked(drift)
@@ -94,10 +125,16 @@ def _sync_locked(
     run_id: str | None,
     selected: Collection[str] | None,
 ) -> Iterator[Outcome]:
-    ensure_schema(conn, schema)
     wanted = {t.name for t in schema.tables} if selected is None else set(selected)
     order = load_order(schema)
-    shadow = Shadow(snapshot, shadow_file(conn)) if shadow_file is not None else None
+    unsynced = [t.name for t in order if t.name in wanted]  # in load order, for TargetLost
+    try:
+        ensure_schema(conn, schema)
+        shadow = Shadow(snapshot, shadow_file(conn)) if shadow_file is not None else None
+    except Exception as error:
+        if lost := _lost(conn, error, unsynced):
+            raise lost from error
+        raise
     if shadow is not None and incremental:
         shadow.prefetch([t for t in order if t.name in wanted])
     failed: set[str] = set()
@@ -117,12 +154,16 @@ def _sync_locked(
         except Exception as error:  # the table is unchanged (one transaction); go on
             if shadow is not None:
                 shadow.rollback()
+            if lost := _lost(conn, error, unsynced):
+                log.error("%s", lost)
+                raise lost from error
             failed.add(table.name)
             log.exception("%s: sync failed, the table is unchanged", table.name)
             yield Outcome(table, Status.FAILED, error=f"{type(error).__name__}: {error}")
             continue
         if result.shadow_note:
             log.warning(result.shadow_note)
+        unsynced.remove(table.name)
         yield Outcome(table, Status.SYNCED, result)
     if shadow is not None:
         shadow.checkpoint()

@@ -216,6 +216,13 @@ class TargetError(RuntimeError):
     most its host, port and database, as it ends up in Dagster's event log and the UI."""
 
 
+class TargetUnreachable(TargetError):
+    """The connection to the target failed (perhaps a server still restarting): a run started
+    by Dagster tries again, while a malformed URL (a plain TargetError) never mends by itself.
+    (A wrong password is retried too: psycopg's connect errors carry no SQLSTATE to tell it
+    from a server that is starting up or shutting down.)"""
+
+
 def _malformed(problem: str, name: str = TARGET_URL) -> TargetError:
     return TargetError(
         f"{name} is malformed: {problem}. Its text is not shown because it may hold a password."
@@ -266,7 +273,7 @@ def connect_target(url: str, **options: str) -> psycopg.Connection:
         for secret in (url, password):
             if secret:
                 reason = reason.replace(secret, "***")
-        raise TargetError(f"Cannot connect to the target ({shown}): {reason}") from None
+        raise TargetUnreachable(f"Cannot connect to the target ({shown}): {reason}") from None
 
 
 class PostgresTarget(ConfigurableResource):

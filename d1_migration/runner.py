@@ -26,6 +26,7 @@ class RunSummary:
     tables: dict[str, dict]  # asset metadata per table
     checks: list[CheckOutcome]
     failure: str = ""  # what failed steps said
+    retries: int = 0  # step attempts that failed and were run again (a lost target)
 
     def check(self, table: str, name: str) -> CheckOutcome:
         return next(c for c in self.checks if c.asset == f"pg/{table}" and c.check == name)
@@ -59,7 +60,8 @@ def summarize(result: ExecuteInProcessResult) -> RunSummary:
         for event in result.all_events
         if event.event_type_value == "STEP_FAILURE"
     )
-    return RunSummary(result.success, tables, checks, failure)
+    retries = sum(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+    return RunSummary(result.success, tables, checks, failure, retries)
 
 
 def _with_causes(error: SerializableErrorInfo | None) -> str:
