@@ -25,6 +25,7 @@ from pydantic import Field
 from d1_migration.checks import CheckRunner, ContentCheck, check_specs
 from d1_migration.drift import Drift
 from d1_migration.engine import SchemaDrift, Status, sync_tables
+from d1_migration.evolve import EvolutionRefused
 from d1_migration.keys import source_key, target_key
 from d1_migration.load import TableResult
 from d1_migration.resources import (
@@ -140,8 +141,8 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
                 on_wait=context.log.warning,
             ):
                 yield from _sync_step(context, config, d1, postgres, sync, schema)
-        except (NotConfigured, TargetError, TargetBusy) as problem:  # one message, none written
-            raise Failure(description=str(problem)) from None
+        except (NotConfigured, TargetError, TargetBusy, EvolutionRefused) as problem:
+            raise Failure(description=str(problem)) from None  # one message, none written
         except SchemaDrift as drift:
             raise Failure(
                 description=str(drift),

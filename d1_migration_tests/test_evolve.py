@@ -7,10 +7,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
 from d1_migration.assets import build_assets
 from d1_migration.checks import build_source_checks
+from d1_migration.cutover import cutover_check
 from d1_migration.ddl import ensure_schema
 from d1_migration.engine import SchemaDrift
 from d1_migration.evolve import EvolutionRefused
@@ -121,6 +122,22 @@ def test_a_table_below_keeps_the_full_pass_its_parent_owed_it(tmp_path, new_data
     assert_like_fresh_migration(synced, source, new_database(), schema=subset, spec=spec)
 
 
+def materialize_with(spec: Schema, source: Path, url: str, state: Path) -> ExecuteInProcessResult:
+    """A Dagster run of every table and check, with the assets built from ``spec``."""
+    with DagsterInstance.ephemeral() as instance:
+        return materialize(
+            [*build_assets(spec), build_source_checks(spec)],
+            resources={
+                "d1": D1Source(path=str(source)),
+                "postgres": PostgresTarget(url=url),
+                "sync": SyncSettings(state_dir=str(state)),
+            },
+            instance=instance,
+            selection="key:pg/*",
+            raise_on_error=False,
+        )
+
+
 def test_a_column_added_to_the_spec_reaches_the_target_through_a_dagster_run(
     tmp_path, new_database
 ):
@@ -128,18 +145,8 @@ def test_a_column_added_to_the_spec_reaches_the_target_through_a_dagster_run(
     mutate(source, ["ALTER TABLE habits ADD COLUMN notes TEXT", "UPDATE habits SET notes = name"])
     spec = evolved(columns=(*HABITS.columns, text("notes")))
 
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize(
-            [*build_assets(spec), build_source_checks(spec)],
-            resources={
-                "d1": D1Source(path=str(source)),
-                "postgres": PostgresTarget(url=synced),
-                "sync": SyncSettings(state_dir=str(tmp_path / "sync")),
-            },
-            instance=instance,
-            selection="key:pg/*",
-            raise_on_error=False,
-        )
+    result = materialize_with(spec, source, synced, tmp_path / "sync")
+
     assert result.success
     checks = result.get_asset_check_evaluations()
     failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed]
@@ -226,6 +233,29 @@ def test_a_type_change_is_refused_before_any_write_with_the_ddl_to_run(tmp_path,
     fresh = new_database()
     assert_like_fresh_migration(synced, source, fresh, schema=SUBSET, spec=RETYPED)
     assert catalog(synced) == catalog(fresh)
+
+
+def test_a_refusal_fails_the_dagster_run_and_the_gate_with_the_ddl(tmp_path, new_database):
+    source, synced, shadow = migrated(tmp_path, new_database)
+    before = dump(synced, SUBSET), catalog(synced)
+    with pytest.raises(EvolutionRefused) as refused:
+        sync(synced, source, shadow, incremental=True, schema=SUBSET, spec=RETYPED)
+
+    run = materialize_with(RETYPED, source, synced, tmp_path / "sync")
+    verdict = cutover_check(
+        D1Source(path=str(source)),
+        PostgresTarget(url=synced),
+        SyncSettings(state_dir=str(tmp_path / "sync")),
+        RETYPED,
+    )
+
+    assert not run.success and run.get_asset_materialization_events() == []
+    assert not verdict.ready
+    statement = refused.value.statements[0]
+    (failure,) = run.get_step_failure_events()  # a Failure of one message, as TargetBusy is
+    assert failure.step_failure_data.user_failure_data.description == str(refused.value)
+    assert any(statement in reason for reason in verdict.reasons)
+    assert (dump(synced, SUBSET), catalog(synced)) == before
 
 
 @pytest.mark.parametrize(
