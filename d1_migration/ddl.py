@@ -4,7 +4,8 @@ Everything is idempotent (IF NOT EXISTS, duplicate_object guards) so that every 
 the schema before data lands, without a separate migration tool. It runs only when the catalog
 lacks something: even a no-op ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` takes an ACCESS
 EXCLUSIVE lock (and ``CREATE INDEX IF NOT EXISTS`` a SHARE lock) before it finds nothing to do,
-which queued behind another session's quarantine update and deadlocked with it.
+which queued behind another session's quarantine update and deadlocked with it. What the spec
+adds to or changes in a target that exists is evolve.py's.
 """
 
 from __future__ import annotations
