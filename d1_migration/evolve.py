@@ -162,7 +162,7 @@ def _enum_changes(schema: Schema, labels: dict[str, list[str]]) -> list[Change]:
                     where = (
                         f"AFTER {_literal(enum.values[i - 1])}"
                         if i
-                        else (f"BEFORE {_literal(have[0])}")
+                        else f"BEFORE {_literal(have[0])}"
                     )
                     ddl = f"ALTER TYPE {q(enum.name)} ADD VALUE {_literal(value)} {where}"
                     changes.append(Change(ddl, f"new label {enum.name}.{value}", True, label=True))
@@ -198,7 +198,7 @@ def _rebuilt_enum(schema: Schema, enum: EnumType, have: list[str]) -> Change:
     )
 
 
-def _column_changes(conn: psycopg.Connection, table: Table, want: dict, have: dict) -> list:
+def _column_changes(conn: psycopg.Connection, table: Table, want: dict, have: dict) -> list[Change]:
     name, changes = q(table.name), []
     added = [c for c in table.columns if c.name not in have]
     for column in added:
@@ -273,7 +273,7 @@ def _column_changes(conn: psycopg.Connection, table: Table, want: dict, have: di
     return changes
 
 
-def _constraint_changes(table: Table, want: dict, have: dict, added: set[str]) -> list:
+def _constraint_changes(table: Table, want: dict, have: dict, added: set[str]) -> list[Change]:
     name, changes = q(table.name), []
     named_checks = {n for n, _ in table.checks}
     for constraint, (definition, columns) in want.items():
