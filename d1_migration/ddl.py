@@ -104,6 +104,8 @@ BOOKKEEPING_RELATIONS = tuple(
         "id_map_target",
         "sync_state",
         "sync_token",
+        "verified_slices",
+        "ref_map",
         "expected_catalog",
     )
 )
