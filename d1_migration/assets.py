@@ -30,6 +30,7 @@ from d1_migration.checks import CheckRunner, ContentCheck, check_specs
 from d1_migration.ddl import load_order
 from d1_migration.drift import Drift
 from d1_migration.engine import SchemaDrift, Status, TargetLost, sync_tables, unsynced_message
+from d1_migration.evolve import EvolutionRefused
 from d1_migration.keys import source_key, target_key
 from d1_migration.load import TableResult
 from d1_migration.resources import (
@@ -159,7 +160,12 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
             raise _target_gone(context, schema, lost.cause) from None
         except TargetUnreachable as unreachable:  # perhaps restarting: likewise
             raise _target_gone(context, schema, str(unreachable)) from None
-        except (NotConfigured, TargetError, TargetBusy) as problem:  # one message, none written
+        except (
+            NotConfigured,
+            TargetError,
+            TargetBusy,
+            EvolutionRefused,
+        ) as problem:  # none written
             raise Failure(description=str(problem), allow_retries=False) from None
         except SchemaDrift as drift:
             raise Failure(

@@ -15,6 +15,7 @@ from dagster import AssetCheckResult, Failure, MetadataValue, OpExecutionContext
 from d1_migration.checks import ROW_PARITY, ContentCheck, table_check_results, wallet_drift
 from d1_migration.ddl import BOOKKEEPING_SCHEMA
 from d1_migration.engine import SchemaDrift, TargetLost, sync_tables
+from d1_migration.evolve import EvolutionRefused
 from d1_migration.load import TableResult
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, require_source
 from d1_migration.spec import Schema
@@ -79,6 +80,8 @@ def _sync(
             reasons += [f"schema drift: {problem}" for problem in drift.drift.problems]
         except TargetLost as lost:
             reasons.append(str(lost))
+        except EvolutionRefused as refused:
+            reasons.append(f"target schema: {refused}")
     return results, reasons
 
 

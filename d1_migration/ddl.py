@@ -4,7 +4,8 @@ Everything is idempotent (IF NOT EXISTS, duplicate_object guards) so that every 
 the schema before data lands, without a separate migration tool. It runs only when the catalog
 lacks something: even a no-op ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` takes an ACCESS
 EXCLUSIVE lock (and ``CREATE INDEX IF NOT EXISTS`` a SHARE lock) before it finds nothing to do,
-which queued behind another session's quarantine update and deadlocked with it.
+which queued behind another session's quarantine update and deadlocked with it. What the spec
+adds to or changes in a target that exists is evolve.py's.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_token (
 );
 INSERT INTO {BOOKKEEPING_SCHEMA}.sync_token (token)
     SELECT gen_random_uuid() WHERE NOT EXISTS (SELECT 1 FROM {BOOKKEEPING_SCHEMA}.sync_token);
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.expected_catalog (
+    fingerprint TEXT PRIMARY KEY,
+    catalog JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 """
 
 
@@ -100,6 +106,7 @@ BOOKKEEPING_RELATIONS = tuple(
         "sync_token",
         "verified_slices",
         "ref_map",
+        "expected_catalog",
     )
 )
 BOOKKEEPING_COLUMNS = (("sync_state", "changed_at"), ("sync_state", "generation"))
@@ -202,23 +209,15 @@ def _bookkeeping_present(conn: psycopg.Connection) -> bool:
     )
 
 
-def _tables_present(conn: psycopg.Connection, schema: Schema) -> bool:
-    return conn.execute(
-        "SELECT bool_and(to_regclass(quote_ident(n)) IS NOT NULL) FROM unnest(%s::text[]) AS n",
-        [[t.name for t in schema.tables]],
-    ).fetchone()[0]
-
-
 def ensure_schema(conn: psycopg.Connection, schema: Schema) -> None:
-    """Create whatever is missing, and take no lock on a target that has it all (see the
-    module's docstring). Serialised with an advisory lock, so parallel runs are safe."""
-    if _bookkeeping_present(conn) and _tables_present(conn, schema):
-        return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('d1_migration.ensure_schema'))")
-        if not _bookkeeping_present(conn):
-            conn.execute(BOOKKEEPING_DDL)  # also upgrades an older target's tables
-        if _tables_present(conn, schema):
-            return
-        for statement in schema_statements(schema):
-            conn.execute(statement)
+    """Create the bookkeeping objects if any is missing, then bring the spec's objects along
+    (evolve.py), taking no lock on a target that has it all (see the module's docstring).
+    Serialised with an advisory lock, so parallel runs are safe."""
+    if not _bookkeeping_present(conn):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('d1_migration.ensure_schema'))")
+            if not _bookkeeping_present(conn):
+                conn.execute(BOOKKEEPING_DDL)  # also upgrades an older target's tables
+    from d1_migration.evolve import evolve  # evolve.py builds on this module's DDL
+
+    evolve(conn, schema)
