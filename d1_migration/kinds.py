@@ -134,14 +134,15 @@ class ColumnBatch:
         self.fail.add(self.column.name, mask, code, reason)
 
 
-# The column's values (the ``value`` projection, as text when the kind decodes it) to the target
-# values, NULL where a row is rejected.
+# The column's values (its ``value`` projection, as text when the kind decodes it) to the target
+# values; a row the converter rejects is quarantined, whatever value it returns for it.
 Converter = Callable[[ColumnBatch, pa.Array], pa.Array]
 
 
 @dataclass(frozen=True, eq=False)
 class ColumnKind:
-    """How a source value becomes a target value: one entry of ``Kind``.
+    """How a source value becomes a target value. The built-in kinds are ``Kind``'s entries; an
+    entry is complete on its own, so a column may use one declared anywhere (the tests do).
 
     ``pg_type`` None means the column's own enum type. ``decodes_text``: the value arrives as
     UTF-8 text, checked (invalid_utf8, nul_character) before the converter sees it and kept as

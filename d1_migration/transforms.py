@@ -14,7 +14,7 @@ from functools import reduce
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# ID_NAMESPACE and uuid_for are the ID kind's mapping; the load names them from here.
+# ID_NAMESPACE and uuid_for are the ID kind's mapping; the load and the tests name them here.
 from d1_migration.kinds import ID_NAMESPACE as ID_NAMESPACE
 from d1_migration.kinds import (
     ColumnBatch,
