@@ -1,9 +1,7 @@
 """Reading D1 (a SQLite file) into Arrow record batches.
 
-SQLite is dynamically typed: an INTEGER column can hold text, a TEXT column a blob. So for each
-target column the query selects a storage-class code plus a projection that is homogeneous for
-its kind (integers only, text only, ...), which Arrow can take without per-value inspection.
-Checks that need a JSON parser run here, in SQLite's JSON1, because Arrow has none.
+Each target column is selected as the projections its kind declares (kinds.py): a storage-class
+code plus a value that is homogeneous for the kind, and the kind's extras.
 """
 
 from __future__ import annotations
@@ -17,71 +15,27 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 import pyarrow as pa
 
 from d1_migration.ddl import q
-from d1_migration.spec import Column, Kind, Table
+from d1_migration.spec import Column, Table
 
 ROWID = "_rowid"
-
-
-class StorageClass(IntEnum):
-    """SQLite's typeof(), as a small integer so a batch carries it cheaply."""
-
-    NULL = 0
-    INTEGER = 1
-    REAL = 2
-    TEXT = 3
-    BLOB = 4
-
-
-_CLASS_SQL = (
-    "CASE typeof({x}) WHEN 'null' THEN 0 WHEN 'integer' THEN 1 WHEN 'real' THEN 2 "
-    "WHEN 'text' THEN 3 ELSE 4 END"
-)
-_NUMERIC_KINDS = {Kind.INTEGER, Kind.BIGINT, Kind.BOOLEAN}
-_TEMPORAL_KINDS = {Kind.TIMESTAMPTZ, Kind.DATE}
-# A JSON array of strings (or nulls) rendered as a Postgres array literal, in element order.
-_ARRAY_OK_SQL = (
-    "CASE WHEN typeof({x}) != 'text' THEN NULL WHEN NOT json_valid({x}) THEN 0 "
-    "WHEN json_type({x}) != 'array' THEN 0 "
-    "ELSE NOT EXISTS (SELECT 1 FROM json_each({x}) WHERE type NOT IN ('text', 'null')) END"
-)
-_ARRAY_LITERAL_SQL = (
-    "CASE WHEN ({ok}) = 1 THEN '{{' || coalesce((SELECT group_concat(CASE WHEN type = 'null' "
-    "THEN 'NULL' ELSE '\"' || replace(replace(value, '\\', '\\\\'), '\"', '\\\"') || '\"' END, "
-    "',') FROM (SELECT type, value FROM json_each({x}) ORDER BY key)), '') || '}}' END"
-)
 
 
 def source_expr(table: Table, column: Column) -> str:
     return column.source_sql or f"{q(table.name)}.{q(column.source_name or column.name)}"
 
 
-def column_projections(table: Table, column: Column) -> list[tuple[str, str]]:
-    """(alias, SQL) pairs a converter reads: ``<name>__class``, ``<name>__value``, extras."""
+def column_projections(table: Table, column: Column) -> list[tuple[str, str, pa.DataType]]:
+    """(alias, SQL, Arrow type) of each value a converter reads: ``<name>__class``, ``__value``
+    and the kind's extras."""
     x = source_expr(table, column)
-    if column.kind in _NUMERIC_KINDS:
-        value = f"CASE WHEN typeof({x}) = 'integer' THEN {x} END"
-    elif column.kind is Kind.DOUBLE:
-        value = f"CASE WHEN typeof({x}) IN ('integer', 'real') THEN CAST({x} AS REAL) END"
-    elif column.kind in _TEMPORAL_KINDS:
-        value = f"CASE WHEN typeof({x}) IN ('integer', 'real', 'text') THEN CAST({x} AS TEXT) END"
-    else:
-        value = f"CASE WHEN typeof({x}) = 'text' THEN {x} END"
-    out = [(f"{column.name}__class", _CLASS_SQL.format(x=x)), (f"{column.name}__value", value)]
-    if column.kind is Kind.JSONB:
-        out.append(
-            (f"{column.name}__ok", f"CASE WHEN typeof({x}) = 'text' THEN json_valid({x}) END")
-        )
-    elif column.kind is Kind.TEXT_ARRAY:
-        ok = _ARRAY_OK_SQL.format(x=x)
-        out.append((f"{column.name}__ok", ok))
-        out.append((f"{column.name}__array", _ARRAY_LITERAL_SQL.format(ok=ok, x=x)))
-    return out
+    return [
+        (f"{column.name}__{p.suffix}", p.sql.format(x=x), p.arrow) for p in column.kind.projections
+    ]
 
 
 CHOSEN_ROWS = "temp.d1m_chosen_rows"  # filled by Snapshot.choose
@@ -91,7 +45,7 @@ def select_sql(table: Table, chosen: bool = False) -> str:
     """The batch query; ``chosen`` limits it to the rowids in CHOSEN_ROWS."""
     projections = [(ROWID, f"{q(table.name)}.rowid")]
     for column in table.source_columns:
-        projections += column_projections(table, column)
+        projections += [(alias, sql) for alias, sql, _ in column_projections(table, column)]
     cols = ",\n  ".join(f"{sql} AS {q(alias)}" for alias, sql in projections)
     where = f"\nWHERE {q(table.name)}.rowid IN (SELECT id FROM {CHOSEN_ROWS})" if chosen else ""
     return f"SELECT\n  {cols}\nFROM {q(table.name)}{where}\nORDER BY {q(table.name)}.rowid"
@@ -103,16 +57,6 @@ def source_pk_text(keys: list, rowid: int) -> str:
     if len(keys) > 1:
         return json.dumps(keys, ensure_ascii=False)
     return keys[0] if isinstance(keys[0], str) else f"rowid:{rowid}"
-
-
-def _arrow_type(alias: str, column: Column) -> pa.DataType:
-    if alias.endswith(("__class", "__ok")):
-        return pa.int8()
-    if alias.endswith("__value") and column.kind in _NUMERIC_KINDS:
-        return pa.int64()
-    if alias.endswith("__value") and column.kind is Kind.DOUBLE:
-        return pa.float64()
-    return pa.binary()  # text arrives as bytes; transforms validate UTF-8 in bulk
 
 
 @dataclass(frozen=True)
@@ -281,9 +225,9 @@ class Snapshot:
     ) -> Iterator[pa.RecordBatch]:
         """The table (or only ``rowids`` of it) as Arrow batches of at most ``batch_rows``."""
         fields = [pa.field(ROWID, pa.int64())] + [
-            pa.field(alias, _arrow_type(alias, column))
+            pa.field(alias, arrow)
             for column in table.source_columns
-            for alias, _ in column_projections(table, column)
+            for alias, _, arrow in column_projections(table, column)
         ]
         schema = pa.schema(fields)
         if rowids is not None:

@@ -2,58 +2,17 @@
 
 Every other module reads tables through these types: the DDL, the source query, the Arrow
 transforms, the staging/merge SQL, the Dagster assets and the checks. A table or column is
-added in ``tables.py`` and nowhere else.
+added in ``tables.py`` and nowhere else; a column kind (what a value is in D1, in Arrow and in
+Postgres, and how it converts) is one entry in ``kinds.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import StrEnum
 from functools import partial
 
-
-class Kind(StrEnum):
-    """How a source value becomes a target value. Each kind has one converter in transforms.py."""
-
-    ID = "uuid"  # UUID text normalised, any other text mapped to a deterministic UUIDv5
-    TEXT = "text"
-    INTEGER = "integer"
-    BIGINT = "bigint"
-    BOOLEAN = "boolean"  # exactly 0 or 1
-    DOUBLE = "double precision"
-    TIMESTAMPTZ = "timestamptz"
-    DATE = "date"
-    JSONB = "jsonb"
-    TEXT_ARRAY = "text[]"  # JSON array of strings
-    HEX_BYTEA = "bytea"  # hex text
-    TOKEN_HASH = "sha256"  # secret text stored only as its SHA-256 digest (BYTEA)
-    ENUM = "enum"
-    INET = "inet"  # only for columns the map adds; there is no source value
-
-
-PG_TYPES = {
-    Kind.ID: "UUID",
-    Kind.TEXT: "TEXT",
-    Kind.INTEGER: "INTEGER",
-    Kind.BIGINT: "BIGINT",
-    Kind.BOOLEAN: "BOOLEAN",
-    Kind.DOUBLE: "DOUBLE PRECISION",
-    Kind.TIMESTAMPTZ: "TIMESTAMPTZ",
-    Kind.DATE: "DATE",
-    Kind.JSONB: "JSONB",
-    Kind.TEXT_ARRAY: "TEXT[]",
-    Kind.HEX_BYTEA: "BYTEA",
-    Kind.TOKEN_HASH: "BYTEA",
-    Kind.INET: "INET",
-}
-
-D1_TYPES = {
-    Kind.INTEGER: "INTEGER",
-    Kind.BIGINT: "INTEGER",
-    Kind.BOOLEAN: "INTEGER",
-    Kind.DOUBLE: "REAL",
-}
+from d1_migration.kinds import ColumnKind, Kind
 
 
 @dataclass(frozen=True)
@@ -67,7 +26,7 @@ class Column:
     """
 
     name: str
-    kind: Kind
+    kind: ColumnKind
     source: str | None = None
     source_sql: str | None = None
     added: bool = False
@@ -92,11 +51,11 @@ class Column:
     @property
     def source_type(self) -> str:
         """The column's declared type in D1 (its SQLite affinity)."""
-        return self.d1_type or D1_TYPES.get(self.kind, "TEXT")
+        return self.d1_type or self.kind.d1_type
 
     @property
     def pg_type(self) -> str:
-        return self.enum if self.kind is Kind.ENUM else PG_TYPES[self.kind]
+        return self.kind.pg_type or self.enum
 
     @property
     def parent(self) -> tuple[str, str] | None:
@@ -193,7 +152,7 @@ class Schema:
 # -- constructors used by tables.py; they keep 66 declarations readable -------------------
 
 
-def _col(kind: Kind, name: str, null: bool = True, **kw) -> Column:
+def _col(kind: ColumnKind, name: str, null: bool = True, **kw) -> Column:
     return Column(name=name, kind=kind, nullable=null, **kw)
 
 
