@@ -12,9 +12,9 @@ from pathlib import Path
 import psycopg
 
 from benchmarks.full_migration import recreate
+from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
-from d1_migration.sample_data import build_sample_db
 from d1_migration.source import SqliteSource
 from d1_migration.tables import SCHEMA
 from d1_migration.verify import WHOLE, Slice, verify_table

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from benchmarks.full_migration import recreate
 from d1_migration.dagster_storage import pooled_instance
+from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import RunSummary, materialize_all
-from d1_migration.sample_data import build_sample_db
 from d1_migration.spec import Kind
 from d1_migration.tables import SCHEMA
 

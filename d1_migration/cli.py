@@ -11,6 +11,7 @@ from dagster import DagsterInstance
 from d1_migration.checks import QUARANTINE, ROW_PARITY
 from d1_migration.cutover import cutover_check as run_cutover_check
 from d1_migration.dagster_storage import pooled_instance
+from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.resources import (
     SOURCE_ENV,
     TARGET_ENV,
@@ -21,7 +22,6 @@ from d1_migration.resources import (
     redacted,
 )
 from d1_migration.runner import RunSummary, materialize_all
-from d1_migration.sample_data import build_sample_db
 from d1_migration.tables import SCHEMA
 from d1_migration.target_lock import TargetBusy
 

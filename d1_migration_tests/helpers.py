@@ -7,9 +7,9 @@ from pathlib import Path
 import psycopg
 
 from d1_migration.ddl import q
+from d1_migration.demo.sample_data import sqlite_ddl
 from d1_migration.engine import sync_all
 from d1_migration.load import TableResult
-from d1_migration.sample_data import sqlite_ddl
 from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema
 from d1_migration.tables import SCHEMA

@@ -8,8 +8,8 @@ from dagster import DagsterInstance
 from d1_migration import cutover
 from d1_migration.cli import main
 from d1_migration.cutover import build_cutover_job, cutover_check
+from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
-from d1_migration.sample_data import build_sample_db, sqlite_ddl
 from d1_migration.tables import SCHEMA
 
 CLEAN_ROWS = [

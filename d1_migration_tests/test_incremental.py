@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from d1_migration import definitions
 from d1_migration.checks import MATCHES_D1
+from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.engine import sync_all
 from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
-from d1_migration.sample_data import build_sample_db
 from d1_migration.shadow import Shadow
 from d1_migration.source import SqliteSource
 from d1_migration.spec import Schema

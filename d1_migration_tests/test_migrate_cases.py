@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from d1_migration.ddl import ensure_schema, load_order
+from d1_migration.demo.sample_data import sqlite_ddl
 from d1_migration.load import migrate_table
-from d1_migration.sample_data import sqlite_ddl
 from d1_migration.source import SqliteSource
 from d1_migration.tables import SCHEMA
 from d1_migration.transforms import ID_NAMESPACE, convert_batch

@@ -10,10 +10,10 @@ from dagster import AssetCheckKey, AssetSelection
 
 from d1_migration.assets import SyncConfig
 from d1_migration.checks import MATCHES_D1, ContentCheck
+from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
-from d1_migration.sample_data import build_sample_db
 from d1_migration.source import SqliteSource
 from d1_migration.tables import SCHEMA
 from d1_migration.transforms import uuid_for
