@@ -224,8 +224,15 @@ def test_a_table_postgres_refuses_is_not_retried(tmp_path, pg_url):
     path = tmp_path / "d1.sqlite"
     build_sample_db(path, users=10, seed=1)
     assert run(pg_url, path, tmp_path / "sync").success
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("ALTER TABLE habits DROP COLUMN color")  # by hand, behind the sync's back
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # Postgres refuses every write
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'habits are read-only'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON habits "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
     summary = materialize_all(
         D1Source(path=str(path)),
         PostgresTarget(url=pg_url),
