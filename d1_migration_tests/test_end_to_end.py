@@ -185,7 +185,7 @@ def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
 
 
 def test_a_failing_table_skips_only_its_descendants(tmp_path, pg_url, pg):
-    build_sample_db(tmp_path / "d1.sqlite", users=15, seed=6)
+    sample = build_sample_db(tmp_path / "d1.sqlite", users=15, seed=6)
     ensure_schema(pg, SCHEMA)  # then Postgres refuses every row of habits, as a full disk would
     pg.execute(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
@@ -206,7 +206,10 @@ def test_a_failing_table_skips_only_its_descendants(tmp_path, pg_url, pg):
     checked = {c.asset for c in summary.checks}
     assert {"pg/users", "pg/focus_sessions", "pg/points_ledger"} <= checked
     assert not {"pg/habits", "pg/habit_logs"} & checked
-    assert summary.check("user_wallet", "wallet_matches_ledger")  # it read no failed table
+    wallet = summary.check("user_wallet", "wallet_matches_ledger")  # it read no failed table
+    assert set(wallet.metadata["mismatching_user_ids"]) == {
+        uuid_for(u) for u in sample.drifted_wallet_users
+    }
 
 
 def test_a_check_runs_alone_against_d1_as_it_is_now(tmp_path, pg_url):
