@@ -31,6 +31,7 @@ def open_rejects(conn: psycopg.Connection) -> set[tuple[str, str, str]]:
 
 
 def test_sample_database_migrates_with_every_row_accounted_for(tmp_path, pg_url):
+    """Slow (about 18 s): two whole runs of the sample database, a first and a re-sync."""
     sample = build_sample_db(tmp_path / "d1.sqlite", users=60, seed=1)
     d1, target = D1Source(path=str(tmp_path / "d1.sqlite")), PostgresTarget(url=pg_url)
     sync = SyncSettings(state_dir=str(tmp_path / "sync"))
@@ -121,6 +122,8 @@ def test_real_schema_with_seed_rows(real_d1, pg_url):
 def test_dagster_cli_materializes_everything_with_postgres_run_storage(
     tmp_path, new_database, real_d1
 ):
+    """Slow (about 20 s): `dagster asset materialize` in a process of its own (importing Dagster
+    and the code location), recording its run in Postgres as deployed runs do."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home)
@@ -170,6 +173,8 @@ def _sessions(url: str) -> int:
 
 
 def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
+    """Slow (about 20 s): the demo as a user runs it, building its sample D1 and starting the
+    embedded PostgreSQL that holds Dagster's storage."""
     from d1_migration.cli import main
 
     monkeypatch.setenv("D1_MIGRATION_TARGET_URL", pg_url)
