@@ -6,6 +6,10 @@ event costs several statements: measured at 2.16M rows, a no-change re-sync took
 it, 4.5 s with the pooled connections the webserver itself gets (``optimize_for_webserver``).
 ``dagster.yaml`` names this class as the storage, so runs, the daemon and the webserver all
 use it; a process holds one connection, plus short-lived extra ones while threads need them.
+
+dagster-postgres has no public setting for this, so this is the one module of the project
+built on Dagster internals (``dagster._serdes.ConfigurableClassData``, ``from_config_value``,
+``optimize_for_webserver``); test_dagster_storage.py fails on an upgrade that breaks them.
 """
 
 from collections.abc import Mapping

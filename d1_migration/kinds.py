@@ -374,7 +374,7 @@ def _element_reason(label: str, array_json: str) -> str:
 
 # -- datetimes -------------------------------------------------------------------------------
 
-NUMBER_RE = r"^-?[0-9]{1,16}(\.[0-9]+)?$"
+NUMBER_RE = r"^(?P<sign>-?)(?P<whole>[0-9]{1,16})(?:\.(?P<fraction>[0-9]+))?$"
 ISO_RE = (
     r"^(?P<y>[0-9]{4})-(?P<mo>[0-9]{2})-(?P<d>[0-9]{2})"
     r"(?:[T ](?P<h>[0-9]{2}):(?P<mi>[0-9]{2})(?::(?P<s>[0-9]{2})(?:\.(?P<f>[0-9]{1,9}))?)?)?"
@@ -401,19 +401,36 @@ def epoch_number(text: pa.Array) -> pa.Array:
     return pc.cast(pc.if_else(is_number, text, None), pa.float64())
 
 
+def _epoch_micros(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Microseconds of an epoch number text (NULL beyond the years 1 to 9999), and whether the
+    text is a number. In integers, from the text's digits: through float64 a microsecond is
+    lost after the year 2255 and a fraction would round where an ISO fraction truncates."""
+    parts = pc.extract_regex(text, NUMBER_RE)
+    whole = _int(pc.fill_null(pc.struct_field(parts, "whole"), ""))
+    fraction = pc.fill_null(pc.struct_field(parts, "fraction"), "")
+    millis = pc.greater_equal(whole, EPOCH_MS_THRESHOLD)
+    scale = pc.if_else(millis, 1_000, 1_000_000)
+    below = pc.if_else(
+        millis,
+        _int(pc.utf8_rpad(pc.utf8_slice_codeunits(fraction, 0, 3), 3, "0")),
+        _int(pc.utf8_rpad(pc.utf8_slice_codeunits(fraction, 0, 6), 6, "0")),
+    )
+    fits = pc.less_equal(whole, MAX_US // 1_000)  # else whole * scale overflows int64
+    micros = pc.add(pc.multiply(pc.if_else(fits, whole, None), scale), below)
+    negative = pc.equal(pc.fill_null(pc.struct_field(parts, "sign"), ""), "-")
+    return pc.if_else(negative, pc.negate(micros), micros), pc.is_valid(parts)
+
+
 def parse_datetime(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Microseconds since the epoch (UTC), a failure code per row, and whether it is midnight UTC.
 
     Accepts what Workers apps write: SQLite's 'YYYY-MM-DD HH:MM:SS' (UTC), ISO 8601 with 'T',
     fractional seconds, 'Z' or an offset, date-only, and epoch seconds or milliseconds (as
     numbers or text; |n| >= 1e11 means milliseconds) from 2001 on. Fractions beyond microseconds
-    truncate.
+    truncate, in both forms.
     """
     text = pc.utf8_trim_whitespace(text)
-    number = epoch_number(text)
-    is_number = pc.is_valid(number)
-    scale = pc.if_else(pc.greater_equal(pc.abs(number), EPOCH_MS_THRESHOLD), 1_000.0, 1e6)
-    epoch_us = pc.cast(pc.round(pc.multiply(number, scale)), pa.int64(), safe=False)
+    epoch_us, is_number = _epoch_micros(text)
 
     parts = pc.extract_regex(text, ISO_RE)
     matched = pc.is_valid(parts)

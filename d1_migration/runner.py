@@ -37,28 +37,23 @@ class RunSummary:
 
 
 def summarize(result: ExecuteInProcessResult) -> RunSummary:
+    """The run as the CLI and the tests read it, through Dagster's public result API."""
     tables = {}
     for event in result.get_asset_materialization_events():
-        mat = event.event_specific_data.materialization
+        mat = event.materialization
         tables[mat.asset_key.path[-1]] = {k: v.value for k, v in mat.metadata.items()}
-    checks = []
-    for event in result.all_events:
-        if event.event_type_value != "ASSET_CHECK_EVALUATION":
-            continue
-        evaluation = event.event_specific_data
-        checks.append(
-            CheckOutcome(
-                asset=evaluation.asset_key.to_user_string(),
-                check=evaluation.check_name,
-                passed=evaluation.passed,
-                severity=evaluation.severity.value,
-                metadata={k: v.value for k, v in evaluation.metadata.items()},
-            )
+    checks = [
+        CheckOutcome(
+            asset=evaluation.asset_key.to_user_string(),
+            check=evaluation.check_name,
+            passed=evaluation.passed,
+            severity=evaluation.severity.value,
+            metadata={k: v.value for k, v in evaluation.metadata.items()},
         )
+        for evaluation in result.get_asset_check_evaluations()
+    ]
     failure = "\n".join(
-        _with_causes(event.event_specific_data.error)
-        for event in result.all_events
-        if event.event_type_value == "STEP_FAILURE"
+        _with_causes(event.step_failure_data.error) for event in result.get_step_failure_events()
     )
     retries = sum(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
     return RunSummary(result.success, tables, checks, failure, retries)

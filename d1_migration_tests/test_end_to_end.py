@@ -31,6 +31,7 @@ def open_rejects(conn: psycopg.Connection) -> set[tuple[str, str, str]]:
 
 
 def test_sample_database_migrates_with_every_row_accounted_for(tmp_path, pg_url):
+    """Slow (about 18 s): two whole runs of the sample database, a first and a re-sync."""
     sample = build_sample_db(tmp_path / "d1.sqlite", users=60, seed=1)
     d1, target = D1Source(path=str(tmp_path / "d1.sqlite")), PostgresTarget(url=pg_url)
     sync = SyncSettings(state_dir=str(tmp_path / "sync"))
@@ -121,6 +122,8 @@ def test_real_schema_with_seed_rows(real_d1, pg_url):
 def test_dagster_cli_materializes_everything_with_postgres_run_storage(
     tmp_path, new_database, real_d1
 ):
+    """Slow (about 20 s): `dagster asset materialize` in a process of its own (importing Dagster
+    and the code location), recording its run in Postgres as deployed runs do."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home)
@@ -170,6 +173,8 @@ def _sessions(url: str) -> int:
 
 
 def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
+    """Slow (about 20 s): the demo as a user runs it, building its sample D1 and starting the
+    embedded PostgreSQL that holds Dagster's storage."""
     from d1_migration.cli import main
 
     monkeypatch.setenv("D1_MIGRATION_TARGET_URL", pg_url)
@@ -185,7 +190,7 @@ def test_demo_command(tmp_path, pg_url, capsys, monkeypatch):
 
 
 def test_a_failing_table_skips_only_its_descendants(tmp_path, pg_url, pg):
-    build_sample_db(tmp_path / "d1.sqlite", users=15, seed=6)
+    sample = build_sample_db(tmp_path / "d1.sqlite", users=15, seed=6)
     ensure_schema(pg, SCHEMA)  # then Postgres refuses every row of habits, as a full disk would
     pg.execute(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
@@ -206,7 +211,10 @@ def test_a_failing_table_skips_only_its_descendants(tmp_path, pg_url, pg):
     checked = {c.asset for c in summary.checks}
     assert {"pg/users", "pg/focus_sessions", "pg/points_ledger"} <= checked
     assert not {"pg/habits", "pg/habit_logs"} & checked
-    assert summary.check("user_wallet", "wallet_matches_ledger")  # it read no failed table
+    wallet = summary.check("user_wallet", "wallet_matches_ledger")  # it read no failed table
+    assert set(wallet.metadata["mismatching_user_ids"]) == {
+        uuid_for(u) for u in sample.drifted_wallet_users
+    }
 
 
 def test_a_check_runs_alone_against_d1_as_it_is_now(tmp_path, pg_url):

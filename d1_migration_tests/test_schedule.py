@@ -60,7 +60,8 @@ def test_syncs_wait_for_each_other_in_the_run_queue(tmp_path, new_database, monk
 
 
 def test_the_jobs_choose_the_sync_mode(tmp_path, pg_url):
-    """`migrate` syncs incrementally, `full_rebuild` re-reads every row, on the same target."""
+    """`migrate` syncs incrementally, `full_rebuild` re-reads every row, on the same target.
+    Slow (about 20 s): three whole runs of the jobs, as the UI launches them."""
     build_sample_db(tmp_path / "d1.sqlite", users=10, seed=3)
     defs = Definitions(
         assets=definitions.ASSETS,
@@ -90,7 +91,8 @@ def test_a_killed_run_does_not_keep_the_target_pool_slot(tmp_path, new_database,
     """The pool of the tables' step has one slot (dagster.yaml). A run killed with SIGKILL in
     that step keeps its slot until the daemon frees it, after the run is marked failed (by its
     code server under `dagster dev`; here by the test, as no code server runs); a new run then
-    syncs instead of waiting for ever."""
+    syncs instead of waiting for ever. Slow (about 30 s): two `dagster job execute` processes
+    (each imports Dagster and the code location) and the daemon's wait before it frees a slot."""
     source, target = tmp_path / "d1.sqlite", new_database()
     sample = build_sample_db(source, users=10, seed=3)
     shutil.copy(ROOT / "dagster.yaml", tmp_path)

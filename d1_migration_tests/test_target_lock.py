@@ -48,7 +48,8 @@ def synced_tables(url: str) -> int:
 
 def test_a_second_sync_waits_for_the_first_and_the_target_ends_complete(tmp_path, new_database):
     """A Dagster run (`dagster asset materialize`) and a hand-started `cutover-check` on one
-    target: the second waits, naming the first, and starts once the first is done."""
+    target: the second waits, naming the first, and starts once the first is done. Slow (about
+    15 s): both are processes of their own, as they are in use."""
     source = tmp_path / "d1.sqlite"
     sample = build_sample_db(source, users=40, seed=4)
     home = tmp_path / "dagster_home"
