@@ -97,22 +97,21 @@ def sync_tables(
     selected: Collection[str] | None = None,
     skip_tables: tuple[str, ...] = (),
     on_drift_checked: Callable[[Drift], None] | None = None,
-    lock_timeout: float | None = None,
 ) -> Iterator[Outcome]:
     """Sync the ``selected`` tables (all by default) from ``snapshot`` into ``conn``'s database,
     yielding each table's outcome as soon as it is committed, so callers can check a table while
     the next ones load. ``shadow_file`` names the target's shadow (change detection; None: no
-    shadow, every table is loaded in full). Raises SchemaDrift before any write, TargetBusy
-    when another sync holds the target longer than ``lock_timeout`` (target_lock: one sync of
-    a target at a time, whoever starts it), and TargetLost as soon as the connection to the
-    target is lost."""
+    shadow, every table is loaded in full). Raises SchemaDrift before any write, and
+    TargetLost as soon as the connection to the target is lost. Holds the target's lock
+    (target_lock: one sync of a target at a time, whoever starts it), waiting for it as long
+    as it takes; callers that must not wait take it first, with their timeout."""
     drift = schema_drift(snapshot, schema, skip_tables)
     if on_drift_checked is not None:
         on_drift_checked(drift)
     if drift:
         raise SchemaDrift(drift)
-    with target_lock(conn, holder_name(run_id), lock_timeout):  # re-entrant: callers that
-        # copy D1 first (assets, the gate) take it before the copy, and this passes through
+    with target_lock(conn, holder_name(run_id)):  # re-entrant: passes through for callers
+        # that took it before copying D1 (assets, the gate)
         yield from _sync_locked(conn, snapshot, schema, shadow_file, incremental, run_id, selected)
 
 
