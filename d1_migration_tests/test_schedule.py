@@ -21,6 +21,7 @@ from dagster import (
 from dagster._daemon.monitoring import execute_concurrency_slots_iteration
 
 from d1_migration import definitions
+from d1_migration.checks import MATCHES_D1
 from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
@@ -74,17 +75,19 @@ def test_the_jobs_choose_the_sync_mode(tmp_path, pg_url):
         },
     )
 
-    def modes(job: str) -> set[str]:
+    def modes(job: str) -> tuple[set[str], set[str]]:
+        """The tables' sync modes, and how much of each table matches_d1 verified."""
         result = defs.resolve_job_def(job).execute_in_process(
             instance=DagsterInstance.ephemeral(), raise_on_error=False
         )
         summary = summarize(result)
         assert summary.success, summary.failure
-        return {meta["mode"] for meta in summary.tables.values()}
+        verified = {c.metadata["verified"] for c in summary.checks if c.check == MATCHES_D1}
+        return {meta["mode"] for meta in summary.tables.values()}, verified
 
-    assert modes("migrate") == {"full"}  # a first sync is full either way
-    assert modes("migrate") == {"incremental"}
-    assert modes("full_rebuild") == {"full"}
+    assert modes("migrate") == ({"full"}, {"slice 1 of 10"})  # a first sync is full anyway
+    assert modes("migrate") == ({"incremental"}, {"slice 2 of 10"})
+    assert modes("full_rebuild") == ({"full"}, {"whole table"})
 
 
 def test_a_killed_run_does_not_keep_the_target_pool_slot(tmp_path, new_database, monkeypatch):
