@@ -29,6 +29,7 @@ from d1_migration.tables import SCHEMA
 
 CRON_ENV = "D1_MIGRATION_SYNC_CRON"
 DEFAULT_CRON = "*/10 * * * *"
+VERIFY_SLICES_ENV = "D1_MIGRATION_VERIFY_SLICES"
 # dagster.yaml limits runs carrying this tag to one at a time: syncs queue, never overlap.
 SYNC_TAG = {"d1_migration/sync": "target"}
 
@@ -51,8 +52,12 @@ def build_resources() -> dict:
 
 def sync_run_config(mode: str) -> dict:
     """Run config of the table step only: configuring a resource here would replace its
-    whole config, environment-bound fields included."""
-    return {"ops": {TABLE_STEP: {"config": {"mode": mode}}}}
+    whole config, environment-bound fields included. D1_MIGRATION_VERIFY_SLICES sets how many
+    syncs the rotating matches_d1 slices take to cover every row (the schedule's runs too)."""
+    config: dict = {"mode": mode}
+    if os.environ.get(VERIFY_SLICES_ENV):
+        config["verify_slices"] = int(os.environ[VERIFY_SLICES_ENV])
+    return {"ops": {TABLE_STEP: {"config": config}}}
 
 
 migrate_job = define_asset_job(

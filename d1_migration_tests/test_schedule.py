@@ -49,6 +49,22 @@ def test_resync_schedule_is_off_until_turned_on_and_takes_its_cron_from_the_env(
     assert definitions.resync_schedule.cron_schedule == definitions.DEFAULT_CRON
 
 
+def test_the_verified_share_of_each_sync_comes_from_the_env(monkeypatch):
+    monkeypatch.setenv(definitions.VERIFY_SLICES_ENV, "50")
+    try:
+        reloaded = importlib.reload(definitions)
+        request = reloaded.resync_schedule.evaluate_tick(build_schedule_context()).run_requests[0]
+        expected = {"mode": "incremental", "verify_slices": 50}
+        assert request.run_config == {"ops": {"migrate_tables": {"config": expected}}}
+        assert (
+            reloaded.sync_run_config("full")["ops"]["migrate_tables"]["config"]["verify_slices"]
+            == 50
+        )
+    finally:
+        monkeypatch.delenv(definitions.VERIFY_SLICES_ENV)
+        importlib.reload(definitions)
+
+
 def test_syncs_wait_for_each_other_in_the_run_queue(tmp_path, new_database, monkeypatch):
     """dagster.yaml lets one run carrying the sync tag run at a time; both jobs carry it."""
     shutil.copy(ROOT / "dagster.yaml", tmp_path)
