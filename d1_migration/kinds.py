@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -553,42 +553,25 @@ _NUMBERS = (StorageClass.INTEGER, StorageClass.REAL)
 _TEMPORAL = (StorageClass.INTEGER, StorageClass.REAL, StorageClass.TEXT)
 
 
+# Kinds D1 stores as INTEGER: only SQLite integers are accepted, read as int64.
+_stored_as_integer = partial(
+    ColumnKind,
+    d1_type="INTEGER",
+    accepts=(StorageClass.INTEGER,),
+    value=INTEGER_VALUE,
+    decodes_text=False,
+)
+
+
 class Kind:
     """Every kind a column can have; tables.py names them (``Kind.ID``)."""
 
     # UUID text normalised, any other text mapped to a deterministic UUIDv5
     ID = ColumnKind("uuid", "UUID", _convert_id)
     TEXT = ColumnKind("text", "TEXT", _as_is, empty_is_null=False)
-    INTEGER = ColumnKind(
-        "integer",
-        "INTEGER",
-        _convert_integer,
-        d1_type="INTEGER",
-        accepts=(StorageClass.INTEGER,),
-        expected="an integer",
-        value=INTEGER_VALUE,
-        decodes_text=False,
-    )
-    BIGINT = ColumnKind(
-        "bigint",
-        "BIGINT",
-        _as_is,
-        d1_type="INTEGER",
-        accepts=(StorageClass.INTEGER,),
-        expected="an integer",
-        value=INTEGER_VALUE,
-        decodes_text=False,
-    )
-    BOOLEAN = ColumnKind(  # exactly 0 or 1
-        "boolean",
-        "BOOLEAN",
-        _convert_boolean,
-        d1_type="INTEGER",
-        accepts=(StorageClass.INTEGER,),
-        expected="0 or 1",
-        value=INTEGER_VALUE,
-        decodes_text=False,
-    )
+    INTEGER = _stored_as_integer("integer", "INTEGER", _convert_integer, expected="an integer")
+    BIGINT = _stored_as_integer("bigint", "BIGINT", _as_is, expected="an integer")
+    BOOLEAN = _stored_as_integer("boolean", "BOOLEAN", _convert_boolean, expected="0 or 1")
     DOUBLE = ColumnKind(
         "double precision",
         "DOUBLE PRECISION",
