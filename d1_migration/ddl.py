@@ -17,6 +17,9 @@ import psycopg
 from d1_migration.spec import Column, Schema, Table
 
 BOOKKEEPING_SCHEMA = "d1_migration"
+SYNC_STATE = f"{BOOKKEEPING_SCHEMA}.sync_state"
+# Serialises schema changes (bookkeeping DDL, creation, evolution) between syncs.
+SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('d1_migration.ensure_schema'))"
 
 BOOKKEEPING_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {BOOKKEEPING_SCHEMA};
@@ -215,7 +218,7 @@ def ensure_schema(conn: psycopg.Connection, schema: Schema) -> None:
     Serialised with an advisory lock, so parallel runs are safe."""
     if not _bookkeeping_present(conn):
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('d1_migration.ensure_schema'))")
+            conn.execute(SCHEMA_LOCK)
             if not _bookkeeping_present(conn):
                 conn.execute(BOOKKEEPING_DDL)  # also upgrades an older target's tables
     from d1_migration.evolve import evolve  # evolve.py builds on this module's DDL

@@ -28,6 +28,8 @@ from psycopg.types.json import Jsonb
 
 from d1_migration.ddl import (
     BOOKKEEPING_SCHEMA,
+    SCHEMA_LOCK,
+    SYNC_STATE,
     column_ddl,
     create_enum_sql,
     create_index_sql,
@@ -41,8 +43,6 @@ from d1_migration.spec import EnumType, Schema, Table
 
 EXPECTED_CATALOG = f"{BOOKKEEPING_SCHEMA}.expected_catalog"
 SCRATCH_SCHEMA = "d1_migration_expected"  # exists only inside a transaction that rolls back
-SYNC_STATE = f"{BOOKKEEPING_SCHEMA}.sync_state"
-LOCK = "SELECT pg_advisory_xact_lock(hashtext('d1_migration.ensure_schema'))"
 
 # The spec's tables as the catalog shows them, through the session's search_path: a table and
 # the types and tables it refers to are printed unqualified both in the target and in the
@@ -386,12 +386,12 @@ def evolve(conn: psycopg.Connection, schema: Schema) -> None:
     _refuse_unsafe(changes)
     if any(c.label for c in changes):  # a new label cannot be used before it commits
         with conn.transaction():
-            conn.execute(LOCK)
+            conn.execute(SCHEMA_LOCK)
             for change in _refuse_unsafe(plan(conn, schema)):
                 if change.label:
                     conn.execute(change.ddl)
     with conn.transaction():
-        conn.execute(LOCK)  # a sync that waited here finds the work done by the one before
+        conn.execute(SCHEMA_LOCK)  # a sync that waited here finds the work done by the one before
         changes = _refuse_unsafe(plan(conn, schema))
         for change in changes:
             try:

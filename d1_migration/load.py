@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg.types.json import Jsonb
 
-from d1_migration.ddl import BOOKKEEPING_SCHEMA, create_index_sql, q
+from d1_migration.ddl import BOOKKEEPING_SCHEMA, SYNC_STATE, create_index_sql, q
 from d1_migration.shadow import Changes, Shadow
 from d1_migration.source import ROWID, Snapshot, source_pk_text
 from d1_migration.spec import Kind, Schema, Table
@@ -38,7 +38,6 @@ BATCH_ROWS = 50_000
 REJECTED = f"{BOOKKEEPING_SCHEMA}.rejected_rows"
 ID_MAP = f"{BOOKKEEPING_SCHEMA}.id_map"
 REF_MAP = f"{BOOKKEEPING_SCHEMA}.ref_map"
-SYNC_STATE = f"{BOOKKEEPING_SCHEMA}.sync_state"
 
 
 @dataclass
@@ -656,9 +655,7 @@ def migrate_table(
     """
     started = time.perf_counter()
     mode, changes, note = "full", Changes(), ""
-    with conn.transaction():
-        # Overlapping syncs (a run started by hand during a scheduled one) take turns per table.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"d1_migration:{table.name}"])
+    with conn.transaction():  # its caller holds the target (target_lock): one sync at a time
         if incremental and shadow is not None and shadow.usable(table):
             note = _lag(conn, shadow, table)
             upstream = _upstream(conn, schema, table)
