@@ -99,7 +99,7 @@ class D1Source(ConfigurableResource):
 
     def source(self) -> str:
         """The D1 database this run reads: the demo file when none is configured (allowed
-        only without a configured target: see require_sources)."""
+        only without a configured target: see require_source)."""
         return self.configured_source() or str(DEMO_SOURCE)
 
     def _settle(self) -> dict:
@@ -311,15 +311,14 @@ class SyncSettings(ConfigurableResource):
         f"{STATE_DIR_ENV}, else {DEFAULT_WORKDIR / 'sync'}. Keep it on persistent disk, or "
         "every sync is a full one.",
     )
-
-    def resolved_state_dir(self) -> Path:
-        return Path(self.state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_WORKDIR / "sync")
-
     lock_timeout_seconds: float | None = Field(
         default=None,
         description="How long a sync waits for another sync of the same target to finish "
         "before it gives up without writing anything; unset: as long as it takes.",
     )
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_WORKDIR / "sync")
 
     def shadow_path(self, conn: psycopg.Connection) -> Path:
         """One shadow per target database, named by the target's sync token (which the
