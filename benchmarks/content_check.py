@@ -11,8 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from benchmarks.full_migration import recreate
-from d1_migration.demo.sample_data import build_sample_db
+from benchmarks.full_migration import recreate, sample_database
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source import SqliteSource
@@ -40,10 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
-    source = workdir / f"d1_{args.users}_0.sqlite"
-    if not source.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        build_sample_db(source, users=args.users, seed=0)
+    source = sample_database(workdir, args.users)
     recreate(args.target)
     started = time.perf_counter()
     summary = materialize_all(

@@ -23,9 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.full_migration import recreate
+from benchmarks.full_migration import recreate, sample_database
 from d1_migration.dagster_storage import pooled_instance
-from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.spec import Kind
@@ -105,10 +104,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(args.workdir)
-    pristine = workdir / f"d1_{args.users}_0.sqlite"
-    if not pristine.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        build_sample_db(pristine, users=args.users, seed=0)
+    pristine = sample_database(workdir, args.users)
     source = workdir / "d1_sync_bench.sqlite"
     shutil.copy(pristine, source)
     shutil.rmtree(workdir / "sync_state", ignore_errors=True)
