@@ -3,7 +3,14 @@
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, RunConfig, materialize
+from dagster import (
+    AssetSelection,
+    DagsterEventType,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    RunConfig,
+    materialize,
+)
 from dagster_shared.error import SerializableErrorInfo
 
 from d1_migration.assets import TABLE_STEP, SyncConfig
@@ -55,7 +62,7 @@ def summarize(result: ExecuteInProcessResult) -> RunSummary:
     failure = "\n".join(
         _with_causes(event.step_failure_data.error) for event in result.get_step_failure_events()
     )
-    retries = sum(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+    retries = sum(e.event_type is DagsterEventType.STEP_UP_FOR_RETRY for e in result.all_events)
     return RunSummary(result.success, tables, checks, failure, retries)
 
 
