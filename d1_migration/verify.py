@@ -228,20 +228,18 @@ class _Comparison:
         if not load.maps_ids:
             return
         pk = q(self.table.primary_key[0])
-        mapped = f"SELECT {SOURCE_ID}, {pk} FROM {load.stage} WHERE {SOURCE_ID} IS NOT NULL"
-        recorded = f"SELECT source_id, target_id FROM {ID_MAP} WHERE source_table = %(t)s"
+        recorded = f"SELECT source_id AS k, target_id FROM {ID_MAP} WHERE source_table = %(t)s"
         if not self.part.whole:
             recorded += (
                 f" AND (source_id = ANY(%(scope)s) OR target_id IN (SELECT {pk} FROM {load.stage}))"
             )
-        rows = self.conn.execute(
-            f"""SELECT coalesce(e.source_id, m.source_id) FROM ({mapped}) e (source_id, target_id)
-                FULL JOIN ({recorded}) m ON e.source_id = m.source_id
-                WHERE e.target_id IS DISTINCT FROM m.target_id""",
+        differing = self._differing(
+            f"SELECT {SOURCE_ID} AS k, {pk} FROM {load.stage} WHERE {SOURCE_ID} IS NOT NULL",
+            recorded,
             {"t": self.table.name, "scope": sorted(load.scope_pks)},
-        ).fetchall()
-        self.found.id_map_differences = len(rows)
-        for (source_id,) in rows[:SAMPLE]:
+        )
+        self.found.id_map_differences += len(differing)
+        for source_id in differing[:SAMPLE]:
             self._sample(problem="id_map entry differs", d1_id=source_id)
 
     def _ref_map(self) -> None:
@@ -249,26 +247,31 @@ class _Comparison:
         load, pk = self.load, q(self.table.primary_key[0])
         for column in self.table.unlinked_ids:
             text = q(SOURCE_TEXT + column.name)
-            expected = (
-                f"SELECT {pk}::text, {text}, {q(column.name)} FROM {load.stage} "
-                f"WHERE {text} IS NOT NULL"
-            )
             recorded = (
-                f"SELECT target_pk, source_text, target_id FROM {REF_MAP} "
+                f"SELECT target_pk AS k, source_text, target_id FROM {REF_MAP} "
                 "WHERE source_table = %(t)s AND column_name = %(c)s"
             )
             if not self.part.whole:
                 recorded += f" AND target_pk IN (SELECT {pk}::text FROM {load.touched})"
-            rows = self.conn.execute(
-                f"""SELECT coalesce(e.pk, m.pk) FROM ({expected}) e (pk, source_text, target_id)
-                    FULL JOIN ({recorded}) m (pk, source_text, target_id) ON e.pk = m.pk
-                    WHERE (e.source_text, e.target_id) IS DISTINCT FROM
-                          (m.source_text, m.target_id)""",
+            differing = self._differing(
+                f"SELECT {pk}::text AS k, {text}, {q(column.name)} FROM {load.stage} "
+                f"WHERE {text} IS NOT NULL",
+                recorded,
                 {"t": self.table.name, "c": column.name},
-            ).fetchall()
-            self.found.id_map_differences += len(rows)
-            for (target_pk,) in rows[:SAMPLE]:
+            )
+            self.found.id_map_differences += len(differing)
+            for target_pk in differing[:SAMPLE]:
                 self._sample(problem=f"ref_map entry of {column.name} differs", pk=target_pk)
+
+    def _differing(self, expected: str, recorded: str, params: dict) -> list[str]:
+        """The keys (column ``k``) whose row differs between the ``expected`` and the
+        ``recorded`` SELECT, or that only one of them has."""
+        rows = self.conn.execute(
+            f"""SELECT coalesce(e.k, m.k) FROM ({expected}) e FULL JOIN ({recorded}) m
+                ON e.k = m.k WHERE e IS DISTINCT FROM m""",
+            params,
+        )
+        return [key for (key,) in rows]
 
 
 # -- which slice next, and when a table was last verified whole -----------------------------
