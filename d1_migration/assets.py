@@ -42,7 +42,7 @@ from d1_migration.resources import (
     TargetUnreachable,
     require_source,
 )
-from d1_migration.spec import Schema, Table
+from d1_migration.spec.model import Schema, Table
 from d1_migration.target_lock import TARGET_POOL, TargetBusy, holder_name, target_lock
 
 TABLE_STEP = "migrate_tables"  # the op that jobs configure (ops.migrate_tables.config)

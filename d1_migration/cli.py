@@ -22,7 +22,7 @@ from d1_migration.resources import (
     redacted,
 )
 from d1_migration.runner import RunSummary, materialize_all
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 from d1_migration.target_lock import TargetBusy
 
 DAGSTER_STORAGE_DB = "dagster"

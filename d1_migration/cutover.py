@@ -18,7 +18,7 @@ from d1_migration.engine import SchemaDrift, TargetLost, sync_tables
 from d1_migration.evolve import EvolutionRefused
 from d1_migration.load import TableResult
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, require_source
-from d1_migration.spec import Schema
+from d1_migration.spec.model import Schema
 from d1_migration.target_lock import TARGET_POOL, holder_name, target_lock
 
 

@@ -14,7 +14,7 @@ from graphlib import TopologicalSorter
 
 import psycopg
 
-from d1_migration.spec import Column, Schema, Table
+from d1_migration.spec.model import Column, Schema, Table
 
 BOOKKEEPING_SCHEMA = "d1_migration"
 SYNC_STATE = f"{BOOKKEEPING_SCHEMA}.sync_state"

@@ -25,7 +25,7 @@ from d1_migration.resources import (
     PostgresTarget,
     SyncSettings,
 )
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 
 CRON_ENV = "D1_MIGRATION_SYNC_CRON"
 DEFAULT_CRON = "*/10 * * * *"

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from d1_migration.source import Snapshot
-from d1_migration.spec import Schema
+from d1_migration.spec.model import Schema
 
 # D1's and SQLite's own tables: never app data, and D1 refuses reads of some (_cf_KV).
 INTERNAL_TABLES = ("_cf_*", "sqlite_*", "d1_migrations")
@@ -45,14 +45,15 @@ def schema_drift(snapshot: Snapshot, schema: Schema, skip: tuple[str, ...] = ())
         drift.add(
             None,
             f"unknown table {name}: D1 has it, the spec does not; declare it in "
-            f"d1_migration/tables.py, or skip it (D1Source skip_tables)",
+            f"d1_migration/spec/tables.py, or skip it (D1Source skip_tables)",
         )
     for table in schema.tables:
         if table.name not in names:
             drift.add(
                 table.name,
                 f"missing table {table.name}: the spec expects it, D1 has none; remove it "
-                "from d1_migration/tables.py or point D1_MIGRATION_SOURCE at the right database",
+                "from d1_migration/spec/tables.py or point "
+                "D1_MIGRATION_SOURCE at the right database",
             )
             continue
         actual = snapshot.columns(table.name)
@@ -61,19 +62,20 @@ def schema_drift(snapshot: Snapshot, schema: Schema, skip: tuple[str, ...] = ())
             drift.add(
                 table.name,
                 f"added column {table.name}.{column} ({actual[column] or 'no type'}): declare "
-                f"it on {table.name} in d1_migration/tables.py",
+                f"it on {table.name} in d1_migration/spec/tables.py",
             )
         for column in sorted(set(expected) - set(actual)):
             drift.add(
                 table.name,
                 f"removed column {table.name}.{column}: D1 no longer has it; remove it (or "
-                f"mark it added=True) in d1_migration/tables.py",
+                f"mark it added=True) in d1_migration/spec/tables.py",
             )
         for column in sorted(set(expected) & set(actual)):
             if actual[column] != expected[column]:
                 drift.add(
                     table.name,
                     f"retyped column {table.name}.{column}: D1 declares {actual[column]}, the "
-                    f"spec reads {expected[column]}; update its kind in d1_migration/tables.py",
+                    f"spec reads {expected[column]}; update its kind in "
+                    "d1_migration/spec/tables.py",
                 )
     return drift

@@ -39,7 +39,7 @@ from d1_migration.ddl import (
     schema_statements,
 )
 from d1_migration.load import ancestors
-from d1_migration.spec import EnumType, Schema, Table
+from d1_migration.spec.model import EnumType, Schema, Table
 
 EXPECTED_CATALOG = f"{BOOKKEEPING_SCHEMA}.expected_catalog"
 SCRATCH_SCHEMA = "d1_migration_expected"  # exists only inside a transaction that rolls back

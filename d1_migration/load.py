@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from d1_migration.ddl import BOOKKEEPING_SCHEMA, SYNC_STATE, create_index_sql, q
 from d1_migration.shadow import Changes, Shadow
 from d1_migration.source import ROWID, Snapshot, source_pk_text
-from d1_migration.spec import Kind, Schema, Table
+from d1_migration.spec.model import Kind, Schema, Table
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Reject, convert_batch, uuid_for
 
 BATCH_ROWS = 50_000

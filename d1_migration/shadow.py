@@ -44,7 +44,7 @@ from pathlib import Path
 from d1_migration.ddl import q
 from d1_migration.private_files import private_dir, private_file
 from d1_migration.source import CHOSEN_ROWS, Snapshot, SqliteSource, source_pk_text
-from d1_migration.spec import Table
+from d1_migration.spec.model import Table
 
 ALIAS = "shadow"
 TABLES = f"{ALIAS}._tables"  # per table: the column layout of its shadow

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from d1_migration.ddl import q
-from d1_migration.spec import Column, Table
+from d1_migration.spec.model import Column, Table
 
 ROWID = "_rowid"
 

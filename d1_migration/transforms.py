@@ -14,9 +14,11 @@ from functools import reduce
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from d1_migration.source import ROWID
+
 # ID_NAMESPACE and uuid_for are the ID kind's mapping; the load and the tests name them here.
-from d1_migration.kinds import ID_NAMESPACE as ID_NAMESPACE
-from d1_migration.kinds import (
+from d1_migration.spec.kinds import ID_NAMESPACE as ID_NAMESPACE
+from d1_migration.spec.kinds import (
     ColumnBatch,
     Failures,
     Kind,
@@ -25,9 +27,8 @@ from d1_migration.kinds import (
     epoch_number,
     sentence,
 )
-from d1_migration.kinds import uuid_for as uuid_for
-from d1_migration.source import ROWID
-from d1_migration.spec import Column, Schema, Table
+from d1_migration.spec.kinds import uuid_for as uuid_for
+from d1_migration.spec.model import Column, Schema, Table
 
 SOURCE_ID = "_source_id"
 SOURCE_TEXT = "_source_text_"  # + column name: the D1 text of a remapped id (unlinked_ids)

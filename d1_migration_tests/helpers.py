@@ -11,8 +11,8 @@ from d1_migration.demo.sample_data import sqlite_ddl
 from d1_migration.engine import sync_all
 from d1_migration.load import TableResult
 from d1_migration.source import SqliteSource
-from d1_migration.spec import Schema
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.model import Schema
+from d1_migration.spec.tables import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: dagster.yaml, README.md
 

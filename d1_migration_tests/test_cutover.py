@@ -10,7 +10,7 @@ from d1_migration.cli import main
 from d1_migration.cutover import build_cutover_job, cutover_check
 from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 
 CLEAN_ROWS = [
     "INSERT INTO users (id, email, created_at, updated_at) VALUES ('u1', 'a@x', "

@@ -28,7 +28,7 @@ from d1_migration.ddl import q
 from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 from d1_migration_tests.helpers import dump, sync
 
 TOKEN = "test-token-5f2c"  # must never show up in errors or logs

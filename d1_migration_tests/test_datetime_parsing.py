@@ -14,7 +14,7 @@ import pyarrow as pa
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from d1_migration.kinds import parse_datetime
+from d1_migration.spec.kinds import parse_datetime
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)

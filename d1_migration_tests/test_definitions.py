@@ -19,7 +19,7 @@ import pytest
 from dagster import AssetKey, Definitions, build_schedule_context
 
 from d1_migration import definitions
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 
 SNAPSHOT = Path(__file__).with_name("snapshots") / "definitions.json"
 TABLE_CHECKS = {"row_parity", "quarantine", "matches_d1"}

@@ -16,7 +16,7 @@ from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, stop_embedded_postgres
 from d1_migration.runner import materialize_all
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 from d1_migration.transforms import uuid_for
 from d1_migration_tests.helpers import ROOT, as_url
 

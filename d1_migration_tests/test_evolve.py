@@ -16,8 +16,8 @@ from d1_migration.ddl import ensure_schema
 from d1_migration.engine import SchemaDrift
 from d1_migration.evolve import EvolutionRefused
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
-from d1_migration.spec import Column, EnumType, Index, Kind, Schema, Table, bigint, enum, text
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.model import Column, EnumType, Index, Kind, Schema, Table, bigint, enum, text
+from d1_migration.spec.tables import SCHEMA
 from d1_migration_tests.helpers import assert_like_fresh_migration, dump, mutate, new_d1, sync
 
 ROWS = [

@@ -22,8 +22,8 @@ from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
 from d1_migration.shadow import Shadow
 from d1_migration.source import SqliteSource
-from d1_migration.spec import Schema
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.model import Schema
+from d1_migration.spec.tables import SCHEMA
 from d1_migration.verify import WHOLE, Slice, verify_table
 from d1_migration_tests.helpers import assert_like_fresh_migration, first, mutate, new_d1, sync
 

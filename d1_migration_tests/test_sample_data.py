@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from d1_migration.demo.sample_data import SampleSummary, build_sample_db, sqlite_ddl
-from d1_migration.spec import Column, Kind, Table
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.model import Column, Kind, Table
+from d1_migration.spec.tables import SCHEMA
 
 USERS = 50
 CODES = {

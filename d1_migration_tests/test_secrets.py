@@ -26,8 +26,8 @@ from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, Targe
 from d1_migration.runner import materialize_all
 from d1_migration.shadow import Shadow
 from d1_migration.source import SqliteSource
-from d1_migration.spec import Schema
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.model import Schema
+from d1_migration.spec.tables import SCHEMA
 from d1_migration_tests.helpers import assert_like_fresh_migration, mutate, new_d1, sync
 from d1_migration_tests.test_d1_api import api_for, fake_d1
 from d1_migration_tests.wrangler import write_export

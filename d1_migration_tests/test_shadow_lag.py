@@ -19,8 +19,8 @@ from dagster import DagsterInstance
 
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
-from d1_migration.spec import Schema
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.model import Schema
+from d1_migration.spec.tables import SCHEMA
 from d1_migration_tests.helpers import ROOT, assert_like_fresh_migration, mutate, new_d1, sync
 
 PAIR = Schema(SCHEMA.enums, (SCHEMA.table("users"), SCHEMA.table("habits")))

@@ -21,7 +21,7 @@ from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.shadow import Shadow
 from d1_migration.source import SqliteSource
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 from d1_migration_tests.helpers import dump, mutate, sync
 from d1_migration_tests.wrangler import write_export
 
@@ -352,7 +352,7 @@ def test_source_schema_checks_show_drift_on_each_d1_asset(tmp_path):
     assert not outcomes["users"].passed
     problems = outcomes["users"].metadata["problems"].value
     assert problems == [
-        "added column users.nickname (TEXT): declare it on users in d1_migration/tables.py"
+        "added column users.nickname (TEXT): declare it on users in d1_migration/spec/tables.py"
     ]
     assert all(o.passed for name, o in outcomes.items() if name != "users")
     assert outcomes["habits"].metadata["skipped_internal_tables"].value == ["d1_migrations"]

@@ -2,7 +2,7 @@
 
 import sqlite3
 
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 
 # FKs the map adds where D1 has none.
 ADDED_BY_MAP = {("calendar_events", "parent_event_id")}

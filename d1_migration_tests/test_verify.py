@@ -15,7 +15,7 @@ from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source import SqliteSource
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.tables import SCHEMA
 from d1_migration.transforms import uuid_for
 from d1_migration.verify import WHOLE, Slice, Verification, verify_table
 from d1_migration_tests.helpers import mutate, sync

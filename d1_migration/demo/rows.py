@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from random import Random
 
-from d1_migration.spec import Column, Kind, Schema, Table
+from d1_migration.spec.model import Column, Kind, Schema, Table
 
 START = 1_717_200_000  # 2024-06-01: the app's first users
 NOW = 1_767_700_800  # 2026-01-06 12:00 UTC: the D1 export

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import cast
 
 from d1_migration.demo.rows import NOW, START, TAGS, Node, Row, RowFactory, d1_columns
-from d1_migration.spec import Schema, Table
-from d1_migration.tables import SCHEMA
+from d1_migration.spec.model import Schema, Table
+from d1_migration.spec.tables import SCHEMA
 
 
 @dataclass(frozen=True)

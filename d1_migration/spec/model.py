@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
-from d1_migration.kinds import ColumnKind, Kind
+from d1_migration.spec.kinds import ColumnKind, Kind
 
 
 @dataclass(frozen=True)

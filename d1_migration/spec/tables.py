@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from d1_migration.spec import (
+from d1_migration.spec.model import (
     Column,
     EnumType,
     Index,

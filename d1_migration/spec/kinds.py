@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:
-    from d1_migration.spec import Column, Schema
+    from d1_migration.spec.model import Column, Schema
 
 
 class StorageClass(IntEnum):
