@@ -14,7 +14,7 @@ from graphlib import TopologicalSorter
 
 import psycopg
 
-from d1_migration.spec.model import Column, Schema, Table
+from d1_migration.spec.model import Column, Schema, Table, q
 
 BOOKKEEPING_SCHEMA = "d1_migration"
 SYNC_STATE = f"{BOOKKEEPING_SCHEMA}.sync_state"
@@ -113,11 +113,6 @@ BOOKKEEPING_RELATIONS = tuple(
     )
 )
 BOOKKEEPING_COLUMNS = (("sync_state", "changed_at"), ("sync_state", "generation"))
-
-
-def q(name: str) -> str:
-    """Quote an identifier; the spec's names are plain, but keywords such as "key" need it."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def load_order(schema: Schema) -> list[Table]:

@@ -4,22 +4,10 @@ A column the spec does not know would be dropped without a trace, and one the sp
 but D1 lacks would fail mid-load; both stop the run instead, with the change to make.
 """
 
-import fnmatch
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from d1_migration.source import Snapshot
+from d1_migration.source.snapshot import Snapshot, skipped_table
 from d1_migration.spec.model import Schema
-
-# D1's and SQLite's own tables: never app data, and D1 refuses reads of some (_cf_KV).
-INTERNAL_TABLES = ("_cf_*", "sqlite_*", "d1_migrations")
-
-
-def skipped_table(name: str, skip: Iterable[str] = ()) -> bool:
-    """Whether a D1 table is left alone: one of D1's own, or matched by ``skip`` (the ``d1``
-    resource's ``skip_tables``). The one test every reader of D1's tables applies (drift, the
-    ``d1://`` copy), so that a table one of them skips is never read by another."""
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in (*INTERNAL_TABLES, *skip))
 
 
 @dataclass

@@ -25,10 +25,10 @@ from dagster import ConfigurableResource
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, PrivateAttr
 
-from d1_migration.d1_api import DEFAULT_API_BASE, D1Api, D1Database, copy_database
-from d1_migration.export import replayed_path
 from d1_migration.private_files import private_dir, private_file
-from d1_migration.source import Snapshot, SqliteSource
+from d1_migration.source.d1_api import DEFAULT_API_BASE, D1Api, D1Database, copy_database
+from d1_migration.source.export import replayed_path
+from d1_migration.source.snapshot import Snapshot, SqliteSource
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from d1_migration.ddl import q
 from d1_migration.private_files import private_dir, private_file
-from d1_migration.source import CHOSEN_ROWS, Snapshot, SqliteSource, source_pk_text
-from d1_migration.spec.model import Table
+from d1_migration.source.snapshot import CHOSEN_ROWS, Snapshot, SqliteSource, source_pk_text
+from d1_migration.spec.model import Table, q
 
 ALIAS = "shadow"
 TABLES = f"{ALIAS}._tables"  # per table: the column layout of its shadow

@@ -14,7 +14,7 @@ from functools import reduce
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from d1_migration.source import ROWID
+from d1_migration.source.snapshot import ROWID
 
 # ID_NAMESPACE and uuid_for are the ID kind's mapping; the load and the tests name them here.
 from d1_migration.spec.kinds import ID_NAMESPACE as ID_NAMESPACE

@@ -15,7 +15,7 @@ import pytest
 
 from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.engine import sync_all
-from d1_migration.source import SqliteSource
+from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Column, Schema, integer, text
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.transforms import uuid_for

@@ -21,7 +21,7 @@ from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
 from d1_migration.shadow import Shadow
-from d1_migration.source import SqliteSource
+from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Schema
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.verify import WHOLE, Slice, verify_table

@@ -15,7 +15,7 @@ import pytest
 from d1_migration.ddl import ensure_schema, load_order
 from d1_migration.demo.sample_data import sqlite_ddl
 from d1_migration.load import migrate_table
-from d1_migration.source import SqliteSource
+from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.transforms import ID_NAMESPACE, convert_batch
 from d1_migration_tests.helpers import assert_like_fresh_migration, dump, mutate, new_d1, sync

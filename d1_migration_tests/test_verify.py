@@ -14,7 +14,7 @@ from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
-from d1_migration.source import SqliteSource
+from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.transforms import uuid_for
 from d1_migration.verify import WHOLE, Slice, Verification, verify_table

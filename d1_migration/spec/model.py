@@ -180,3 +180,9 @@ def ref(name: str, target: str, on_delete: str | None = None, **kw) -> Column:
     """A declared FK. References to ``id`` are UUIDs; references to a ``key`` stay TEXT."""
     kind = Kind.ID if target.endswith(".id") else Kind.TEXT
     return _col(kind, name, references=target, on_delete=on_delete, **kw)
+
+
+def q(name: str) -> str:
+    """Quote an identifier, in SQLite and Postgres alike; the spec's names are plain, but
+    keywords such as "key" need it."""
+    return '"' + name.replace('"', '""') + '"'

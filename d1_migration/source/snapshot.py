@@ -7,6 +7,7 @@ code plus a value that is homogeneous for the kind, and the kind's extras.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
 import math
@@ -19,8 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from d1_migration.ddl import q
-from d1_migration.spec.model import Column, Table
+from d1_migration.spec.model import Column, Table, q
 
 ROWID = "_rowid"
 
@@ -323,3 +323,14 @@ class SqliteSource:
             yield Snapshot(conn, self.path)
         finally:
             conn.close()
+
+
+# D1's and SQLite's own tables: never app data, and D1 refuses reads of some (_cf_KV).
+INTERNAL_TABLES = ("_cf_*", "sqlite_*", "d1_migrations")
+
+
+def skipped_table(name: str, skip: Iterable[str] = ()) -> bool:
+    """Whether a D1 table is left alone: one of D1's own, or matched by ``skip`` (the ``d1``
+    resource's ``skip_tables``). The one test every reader of D1's tables applies (drift.py, the
+    ``d1://`` copy), so that a table one of them skips is never read by another."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in (*INTERNAL_TABLES, *skip))

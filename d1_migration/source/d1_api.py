@@ -5,7 +5,7 @@ through ``POST /accounts/{account}/d1/database/{database}/raw``. D1's JSON carri
 float64 and BLOBs as arrays of bytes, so values are asked for in exact forms: every column as
 its ``typeof()`` plus a text form (integers and rowids as text, so nothing beyond 2^53 is
 rounded; BLOBs as ``hex()``), rebuilt into the same SQLite types locally. D1's own tables
-(``_cf_KV``, which D1 refuses to read) are never read: drift.skipped_table decides, for every
+(``_cf_KV``, which D1 refuses to read) are never read: source.skipped_table decides, for every
 reader. Requests stay within D1's limits (one bound parameter, small statements, pages sized
 by ``page_rows``); HTTP 429 (honouring Retry-After), 5xx and timeouts are retried with
 exponential backoff and jitter; every failure says what D1 said (its error codes and
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from d1_migration.ddl import q
-from d1_migration.drift import skipped_table
 from d1_migration.private_files import private_dir, private_file
+from d1_migration.source.snapshot import skipped_table
+from d1_migration.spec.model import q
 
 log = logging.getLogger(__name__)
 
