@@ -25,12 +25,12 @@ from dagster import (
     multi_asset_check,
 )
 
-from d1_migration.ddl import BOOKKEEPING_SCHEMA
 from d1_migration.drift import schema_drift
 from d1_migration.keys import source_key, target_key
 from d1_migration.resources import D1Source
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Schema, Table, q
+from d1_migration.target.ddl import BOOKKEEPING_SCHEMA
 from d1_migration.verify import last_verified_whole, next_slice, record, verify_table
 
 SCHEMA_MATCHES = "schema_matches_spec"

@@ -12,17 +12,11 @@ from d1_migration.checks import QUARANTINE, ROW_PARITY
 from d1_migration.cutover import cutover_check as run_cutover_check
 from d1_migration.dagster_storage import pooled_instance
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import (
-    SOURCE_ENV,
-    TARGET_ENV,
-    D1Source,
-    PostgresTarget,
-    SyncSettings,
-    embedded_postgres_url,
-    redacted,
-)
+from d1_migration.resources import SOURCE_ENV, TARGET_ENV, D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.target.connection import redacted
+from d1_migration.target.embedded import embedded_postgres_url
 from d1_migration.target_lock import TargetBusy
 
 DAGSTER_STORAGE_DB = "dagster"

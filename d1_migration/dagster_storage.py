@@ -21,7 +21,7 @@ from dagster import DagsterInstance
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 
-from d1_migration.resources import refuse_stray_at
+from d1_migration.target.connection import refuse_stray_at
 
 POOL_RECYCLE_SECONDS = 3600
 MAX_OVERFLOW = 10

@@ -9,32 +9,29 @@ directory; a target with no source is refused, so the demo never overwrites a re
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import signal
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 import psycopg
 from dagster import ConfigurableResource
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, PrivateAttr
 
 from d1_migration.private_files import private_dir, private_file
 from d1_migration.source.d1_api import DEFAULT_API_BASE, D1Api, D1Database, copy_database
 from d1_migration.source.export import replayed_path
 from d1_migration.source.snapshot import Snapshot, SqliteSource
+from d1_migration.target.connection import connect_target, redacted
+from d1_migration.target.embedded import embedded_postgres_url
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = Path(".d1_migration")
 DEMO_SOURCE = DEFAULT_WORKDIR / "demo.sqlite"
-EMBEDDED_DATABASE = "d1_target"
 SOURCE_ENV = "D1_MIGRATION_SOURCE"
 TARGET_ENV = "D1_MIGRATION_TARGET_URL"
 STATE_DIR_ENV = "D1_MIGRATION_STATE_DIR"
@@ -169,111 +166,6 @@ def backup(path: Path, cache: Path) -> Path:
         # The copy inherits WAL mode; as a plain file its pages can be read (Snapshot.leaf_pages).
         copy.execute("PRAGMA journal_mode = DELETE")
     return target
-
-
-def embedded_postgres_url(workdir: Path, database: str = EMBEDDED_DATABASE) -> str:
-    """Start (or reuse) the embedded server under ``workdir`` and make sure ``database`` exists."""
-    import pgserver  # imported lazily: only machines without a configured target need it
-
-    data_dir = (workdir / "pgdata").resolve()
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode=None)  # keep running for later runs
-    admin_url = server.get_uri("postgres")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{database}"')
-    log.info("Using embedded PostgreSQL with data directory %s", data_dir)
-    return server.get_uri(database)
-
-
-def stop_embedded_postgres(workdir: Path, timeout: float = 60.0) -> None:
-    """Stop the embedded server under ``workdir`` (it outlives runs on purpose): a fast
-    shutdown (SIGINT to the postmaster named in postmaster.pid, what ``pg_ctl stop -m fast``
-    sends), waiting until it has exited. Not through pg_ctl: as root, pgserver runs it as
-    another user, who may no longer reach the data directory (pytest makes its temporary root
-    0700 again whenever a session starts), and pgserver's own cleanup() skips the stop unless
-    it counts this process's handle as the last one."""
-    pid_file = (workdir / "pgdata" / "postmaster.pid").resolve()
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except FileNotFoundError:
-        return  # not running
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)  # ProcessLookupError once it has exited
-            time.sleep(0.1)
-        raise TimeoutError(f"the embedded PostgreSQL (pid {pid}) did not stop in {timeout} s")
-
-
-TARGET_URL = "The target database URL"
-
-
-class TargetError(RuntimeError):
-    """The target cannot be used (a malformed URL, a failed connection); the message names at
-    most its host, port and database, as it ends up in Dagster's event log and the UI."""
-
-
-class TargetUnreachable(TargetError):
-    """The connection to the target failed (perhaps a server still restarting): a run started
-    by Dagster tries again, while a malformed URL (a plain TargetError) never mends by itself.
-    (A wrong password is retried too: psycopg's connect errors carry no SQLSTATE to tell it
-    from a server that is starting up or shutting down.)"""
-
-
-def _malformed(problem: str, name: str = TARGET_URL) -> TargetError:
-    return TargetError(
-        f"{name} is malformed: {problem}. Its text is not shown because it may hold a password."
-    )
-
-
-def refuse_stray_at(url: str, name: str = TARGET_URL) -> None:
-    """Refuse a URL with an ``@`` after its user:password part: libpq (and SQLAlchemy, for
-    Dagster's storage) takes the text after the first ``@`` as the host, or after a ``/`` as
-    the database, and its errors would show the rest of an unescaped password as a host name."""
-    authority, slash, rest = url.partition("://")[2].partition("/")
-    if authority.count("@") > 1 or (slash and "@" in rest):
-        raise _malformed(
-            "an '@' outside user:password (percent-encode it in a password as %40)", name
-        )
-
-
-def _parsed(url: str) -> dict[str, str]:
-    """The URL's parameters. libpq's own parse errors quote the URL, password included, so
-    they are replaced by a message without its text (``from None``: no chained traceback
-    carries it either)."""
-    refuse_stray_at(url)
-    try:
-        return conninfo_to_dict(url)
-    except Exception:
-        raise _malformed(
-            "libpq cannot parse it; expected postgresql://user:password@host:port/dbname, "
-            "with reserved characters of the password percent-encoded"
-        ) from None
-
-
-def redacted(url: str) -> str:
-    """A URL fit for logs and metadata: host, port and database, never credentials."""
-    params = _parsed(url)
-    return make_conninfo(**{k: params[k] for k in ("host", "port", "dbname") if k in params})
-
-
-def connect_target(url: str, **options: str) -> psycopg.Connection:
-    """``psycopg.connect`` (autocommit, libpq ``options`` such as application_name), whose
-    errors may quote the URL: re-raised naming host, port and database only, with the server's
-    reason stripped of the password."""
-    shown = redacted(url)
-    try:
-        return psycopg.connect(url, autocommit=True, **options)
-    except Exception as error:
-        reason = str(error).strip()
-        password = _parsed(url).get("password")
-        for secret in (url, password):
-            if secret:
-                reason = reason.replace(secret, "***")
-        raise TargetUnreachable(f"Cannot connect to the target ({shown}): {reason}") from None
 
 
 class PostgresTarget(ConfigurableResource):

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from d1_migration.resources import connect_target
+from d1_migration.target.connection import connect_target
 
 LOCK_KEY = (0x44314D47, 0x53594E43)  # any fixed pair; "D1MG", "SYNC"
 APP_PREFIX = "d1m "  # application_name holds 63 bytes: a run id, a pid and some of the host

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from d1_migration.ddl import BOOKKEEPING_SCHEMA
-from d1_migration.load import BATCH_ROWS, ID_MAP, REF_MAP, REJECTED, NeedsFullLoad, TableLoad
 from d1_migration.source.snapshot import ROWID, Snapshot
 from d1_migration.spec.model import Schema, Table, q
+from d1_migration.target.ddl import BOOKKEEPING_SCHEMA
+from d1_migration.target.load import BATCH_ROWS, ID_MAP, REF_MAP, REJECTED, NeedsFullLoad, TableLoad
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT
 
 VERIFIED = f"{BOOKKEEPING_SCHEMA}.verified_slices"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import settings
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from d1_migration.resources import embedded_postgres_url
+from d1_migration.target.embedded import embedded_postgres_url
 
 # Property tests: 25 examples in CI; HYPOTHESIS_PROFILE=deep for a long local hunt.
 settings.register_profile("default", max_examples=25)

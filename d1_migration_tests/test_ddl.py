@@ -4,8 +4,8 @@ import re
 
 import psycopg
 
-from d1_migration.ddl import ensure_schema
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.target.ddl import ensure_schema
 
 MAP_TABLES = (
     "users", "accounts", "sessions", "user_settings", "user_interests", "user_wallet",

@@ -12,11 +12,11 @@ from datetime import UTC, date, datetime
 import psycopg
 import pytest
 
-from d1_migration.ddl import ensure_schema, load_order
 from d1_migration.demo.sample_data import sqlite_ddl
-from d1_migration.load import migrate_table
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.target.ddl import ensure_schema, load_order
+from d1_migration.target.load import migrate_table
 from d1_migration.transforms import ID_NAMESPACE, convert_batch
 from d1_migration_tests.helpers import assert_like_fresh_migration, dump, mutate, new_d1, sync
 
@@ -369,7 +369,7 @@ def test_a_failed_load_leaves_the_previous_state(migrated, monkeypatch):
             raise RuntimeError("source went away mid-table")
         return convert_batch(*args)
 
-    monkeypatch.setattr("d1_migration.load.convert_batch", failing_convert)
+    monkeypatch.setattr("d1_migration.target.load.convert_batch", failing_convert)
     with source.snapshot() as snapshot, pytest.raises(RuntimeError):
         migrate_table(conn, snapshot, table, SCHEMA, batch_rows=1)
     assert conn.execute("SELECT * FROM points_ledger").fetchall() == kept

@@ -2,7 +2,9 @@
 
 import os
 
-from d1_migration.resources import PostgresTarget, redacted, stop_embedded_postgres
+from d1_migration.resources import PostgresTarget
+from d1_migration.target.connection import redacted
+from d1_migration.target.embedded import stop_embedded_postgres
 
 
 def test_redacted_url_keeps_host_port_and_database_only():

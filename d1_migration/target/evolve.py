@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.types.json import Jsonb
 
-from d1_migration.ddl import (
+from d1_migration.spec.model import EnumType, Schema, Table
+from d1_migration.target.ddl import (
     BOOKKEEPING_SCHEMA,
     SCHEMA_LOCK,
     SYNC_STATE,
@@ -38,8 +39,7 @@ from d1_migration.ddl import (
     q,
     schema_statements,
 )
-from d1_migration.load import ancestors
-from d1_migration.spec.model import EnumType, Schema, Table
+from d1_migration.target.load import ancestors
 
 EXPECTED_CATALOG = f"{BOOKKEEPING_SCHEMA}.expected_catalog"
 SCRATCH_SCHEMA = "d1_migration_expected"  # exists only inside a transaction that rolls back

@@ -216,6 +216,6 @@ def ensure_schema(conn: psycopg.Connection, schema: Schema) -> None:
             conn.execute(SCHEMA_LOCK)
             if not _bookkeeping_present(conn):
                 conn.execute(BOOKKEEPING_DDL)  # also upgrades an older target's tables
-    from d1_migration.evolve import evolve  # evolve.py builds on this module's DDL
+    from d1_migration.target.evolve import evolve  # evolve.py builds on this module's DDL
 
     evolve(conn, schema)
