@@ -28,7 +28,6 @@ from pydantic import Field
 
 from d1_migration.checks import CheckRunner, ContentCheck, check_specs
 from d1_migration.drift import Drift
-from d1_migration.engine import SchemaDrift, Status, TargetLost, sync_tables, unsynced_message
 from d1_migration.keys import source_key, target_key
 from d1_migration.resources import (
     D1Source,
@@ -38,11 +37,12 @@ from d1_migration.resources import (
     require_source,
 )
 from d1_migration.spec.model import Schema, Table
+from d1_migration.sync.engine import SchemaDrift, Status, TargetLost, sync_tables, unsynced_message
+from d1_migration.sync.target_lock import TARGET_POOL, TargetBusy, holder_name, target_lock
 from d1_migration.target.connection import TargetError, TargetUnreachable
 from d1_migration.target.ddl import load_order
 from d1_migration.target.evolve import EvolutionRefused
 from d1_migration.target.load import TableResult
-from d1_migration.target_lock import TARGET_POOL, TargetBusy, holder_name, target_lock
 
 TABLE_STEP = "migrate_tables"  # the op that jobs configure (ops.migrate_tables.config)
 

@@ -15,9 +15,9 @@ from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.resources import SOURCE_ENV, TARGET_ENV, D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.sync.target_lock import TargetBusy
 from d1_migration.target.connection import redacted
 from d1_migration.target.embedded import embedded_postgres_url
-from d1_migration.target_lock import TargetBusy
 
 DAGSTER_STORAGE_DB = "dagster"
 

@@ -13,13 +13,13 @@ import psycopg
 from dagster import AssetCheckResult, Failure, MetadataValue, OpExecutionContext, job, op
 
 from d1_migration.checks import ROW_PARITY, ContentCheck, table_check_results, wallet_drift
-from d1_migration.engine import SchemaDrift, TargetLost, sync_tables
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, require_source
 from d1_migration.spec.model import Schema
+from d1_migration.sync.engine import SchemaDrift, TargetLost, sync_tables
+from d1_migration.sync.target_lock import TARGET_POOL, holder_name, target_lock
 from d1_migration.target.ddl import BOOKKEEPING_SCHEMA
 from d1_migration.target.evolve import EvolutionRefused
 from d1_migration.target.load import TableResult
-from d1_migration.target_lock import TARGET_POOL, holder_name, target_lock
 
 
 @dataclass

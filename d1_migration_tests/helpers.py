@@ -7,10 +7,10 @@ from pathlib import Path
 import psycopg
 
 from d1_migration.demo.sample_data import sqlite_ddl
-from d1_migration.engine import sync_all
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Schema, q
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.sync.engine import sync_all
 from d1_migration.target.load import TableResult
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: dagster.yaml, README.md

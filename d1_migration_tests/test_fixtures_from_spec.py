@@ -14,10 +14,10 @@ import psycopg
 import pytest
 
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.engine import sync_all
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Column, Schema, integer, text
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.sync.engine import sync_all
 from d1_migration.transforms import uuid_for
 from d1_migration.verify import WHOLE, verify_table
 

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from d1_migration.engine import SchemaDrift, sync_all
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.kinds import ColumnBatch, ColumnKind, Projection, quoted, sentence
 from d1_migration.spec.model import Column, Kind, Schema, Table, text, uuid_pk
+from d1_migration.sync.engine import SchemaDrift, sync_all
 from d1_migration.transforms import convert_batch
 from d1_migration.verify import verify_table
 from d1_migration_tests.helpers import mutate

@@ -23,11 +23,11 @@ from d1_migration import export
 from d1_migration.dagster_storage import pooled_instance
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
-from d1_migration.shadow import Shadow
 from d1_migration.source.d1_api import copy_database
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Schema
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.sync.shadow import Shadow
 from d1_migration.target.connection import TargetError
 from d1_migration_tests.helpers import assert_like_fresh_migration, mutate, new_d1, sync
 from d1_migration_tests.test_d1_api import api_for, fake_d1

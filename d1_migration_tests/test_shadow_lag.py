@@ -32,7 +32,7 @@ ROWS = [
 SYNC_STALLING_AFTER_USERS_COMMIT = """
 import sys, time
 from pathlib import Path
-from d1_migration.shadow import Shadow
+from d1_migration.sync.shadow import Shadow
 from d1_migration_tests.helpers import sync
 from d1_migration_tests.test_shadow_lag import PAIR
 

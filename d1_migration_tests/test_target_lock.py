@@ -18,7 +18,7 @@ from d1_migration_tests.helpers import ROOT, as_url
 
 HOLD_THE_TARGET = """
 import sys, time
-from d1_migration.target_lock import holder_name, target_lock
+from d1_migration.sync.target_lock import holder_name, target_lock
 with target_lock(sys.argv[1], holder_name("r-holder")):
     print("held", flush=True)
     time.sleep(600)

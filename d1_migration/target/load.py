@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg.types.json import Jsonb
 
-from d1_migration.shadow import Changes, Shadow
 from d1_migration.source.snapshot import ROWID, Snapshot, source_pk_text
 from d1_migration.spec.model import Kind, Schema, Table, q
+from d1_migration.sync.shadow import Changes, Shadow
 from d1_migration.target.ddl import BOOKKEEPING_SCHEMA, SYNC_STATE, create_index_sql
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Reject, convert_batch, uuid_for
 
