@@ -16,7 +16,7 @@ from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
-from d1_migration.verify import WHOLE, Slice, verify_table
+from d1_migration.verify.content import WHOLE, Slice, verify_table
 
 
 def verify_all(url: str, source: Path, part_of: int | None) -> tuple[float, list]:

@@ -26,9 +26,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from d1_migration.checks import CheckRunner, ContentCheck, check_specs
-from d1_migration.drift import Drift
-from d1_migration.keys import source_key, target_key
+from d1_migration.defs.asset_checks import CheckRunner, check_specs
+from d1_migration.defs.keys import source_key, target_key
 from d1_migration.resources import (
     D1Source,
     NotConfigured,
@@ -43,6 +42,8 @@ from d1_migration.target.connection import TargetError, TargetUnreachable
 from d1_migration.target.ddl import load_order
 from d1_migration.target.evolve import EvolutionRefused
 from d1_migration.target.load import TableResult
+from d1_migration.verify.checks import ContentCheck
+from d1_migration.verify.drift import Drift
 
 TABLE_STEP = "migrate_tables"  # the op that jobs configure (ops.migrate_tables.config)
 

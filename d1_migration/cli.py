@@ -8,8 +8,6 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from d1_migration.checks import QUARANTINE, ROW_PARITY
-from d1_migration.cutover import cutover_check as run_cutover_check
 from d1_migration.dagster_storage import pooled_instance
 from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.resources import SOURCE_ENV, TARGET_ENV, D1Source, PostgresTarget, SyncSettings
@@ -18,6 +16,8 @@ from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.target_lock import TargetBusy
 from d1_migration.target.connection import redacted
 from d1_migration.target.embedded import embedded_postgres_url
+from d1_migration.verify.checks import QUARANTINE, ROW_PARITY
+from d1_migration.verify.cutover import cutover_check as run_cutover_check
 
 DAGSTER_STORAGE_DB = "dagster"
 

@@ -13,9 +13,9 @@ from dagster import (
 )
 
 from d1_migration.assets import TABLE_STEP, build_assets
-from d1_migration.checks import build_source_checks
-from d1_migration.cutover import build_cutover_job
-from d1_migration.keys import TARGET_PREFIX
+from d1_migration.defs.asset_checks import build_source_checks
+from d1_migration.defs.jobs import build_cutover_job
+from d1_migration.defs.keys import TARGET_PREFIX
 from d1_migration.resources import (
     SOURCE_ENV,
     STATE_DIR_ENV,

@@ -10,15 +10,15 @@ from pathlib import Path
 import psycopg
 from dagster import AssetCheckKey, AssetSelection
 
-from d1_migration.checks import ORPHANED_FKS, QUARANTINE, ROW_PARITY
+from d1_migration.defs.keys import target_key
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.target.ddl import ensure_schema
 from d1_migration.target.embedded import stop_embedded_postgres
 from d1_migration.transforms import uuid_for
+from d1_migration.verify.checks import ORPHANED_FKS, QUARANTINE, ROW_PARITY
 from d1_migration_tests.helpers import ROOT, as_url
 
 

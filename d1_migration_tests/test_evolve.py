@@ -10,14 +10,14 @@ import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
 from d1_migration.assets import build_assets
-from d1_migration.checks import build_source_checks
-from d1_migration.cutover import cutover_check
+from d1_migration.defs.asset_checks import build_source_checks
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.spec.model import Column, EnumType, Index, Kind, Schema, Table, bigint, enum, text
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.engine import SchemaDrift
 from d1_migration.target.ddl import ensure_schema
 from d1_migration.target.evolve import EvolutionRefused
+from d1_migration.verify.cutover import cutover_check
 from d1_migration_tests.helpers import assert_like_fresh_migration, dump, mutate, new_d1, sync
 
 ROWS = [

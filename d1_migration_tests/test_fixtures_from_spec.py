@@ -19,7 +19,7 @@ from d1_migration.spec.model import Column, Schema, integer, text
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.engine import sync_all
 from d1_migration.transforms import uuid_for
-from d1_migration.verify import WHOLE, verify_table
+from d1_migration.verify.content import WHOLE, verify_table
 
 
 def with_column(schema: Schema, table: str, column: Column) -> Schema:

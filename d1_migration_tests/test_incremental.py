@@ -14,9 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from d1_migration import definitions
-from d1_migration.checks import MATCHES_D1
+from d1_migration.defs.keys import target_key
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
 from d1_migration.source.snapshot import SqliteSource
@@ -24,7 +23,8 @@ from d1_migration.spec.model import Schema
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.engine import sync_all
 from d1_migration.sync.shadow import Shadow
-from d1_migration.verify import WHOLE, Slice, verify_table
+from d1_migration.verify.checks import MATCHES_D1
+from d1_migration.verify.content import WHOLE, Slice, verify_table
 from d1_migration_tests.helpers import assert_like_fresh_migration, first, mutate, new_d1, sync
 
 

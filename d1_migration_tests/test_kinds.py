@@ -15,7 +15,7 @@ from d1_migration.spec.kinds import ColumnBatch, ColumnKind, Projection, quoted,
 from d1_migration.spec.model import Column, Kind, Schema, Table, text, uuid_pk
 from d1_migration.sync.engine import SchemaDrift, sync_all
 from d1_migration.transforms import convert_batch
-from d1_migration.verify import verify_table
+from d1_migration.verify.content import verify_table
 from d1_migration_tests.helpers import mutate
 
 

@@ -12,16 +12,16 @@ import psycopg
 import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from d1_migration.checks import ROW_PARITY
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
+from d1_migration.defs.keys import source_key
 from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
-from d1_migration.keys import source_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source.export import ExportError, replay
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.shadow import Shadow
+from d1_migration.verify.checks import ROW_PARITY
 from d1_migration_tests.helpers import dump, mutate, sync
 from d1_migration_tests.wrangler import write_export
 

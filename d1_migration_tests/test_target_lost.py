@@ -15,7 +15,6 @@ import pytest
 from dagster import DagsterInstance, serialize_value
 
 from d1_migration.assets import TARGET_RETRY, SyncConfig
-from d1_migration.cutover import cutover_check
 from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
@@ -23,6 +22,7 @@ from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.engine import Status, TargetLost, sync_tables
 from d1_migration.target.ddl import load_order
+from d1_migration.verify.cutover import cutover_check
 from d1_migration_tests.helpers import as_url, assert_like_fresh_migration
 from d1_migration_tests.pg_cluster import Cluster, throwaway_cluster
 

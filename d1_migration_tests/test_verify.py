@@ -9,15 +9,15 @@ import pytest
 from dagster import AssetCheckKey, AssetSelection
 
 from d1_migration.assets import SyncConfig
-from d1_migration.checks import MATCHES_D1, ContentCheck
+from d1_migration.defs.keys import target_key
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.keys import target_key
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.transforms import uuid_for
-from d1_migration.verify import WHOLE, Slice, Verification, verify_table
+from d1_migration.verify.checks import MATCHES_D1, ContentCheck
+from d1_migration.verify.content import WHOLE, Slice, Verification, verify_table
 from d1_migration_tests.helpers import mutate, sync
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import psycopg
 
-from d1_migration.drift import Drift, schema_drift
 from d1_migration.source.snapshot import Snapshot
 from d1_migration.spec.model import Schema, Table
 from d1_migration.sync.shadow import Shadow
 from d1_migration.sync.target_lock import holder_name, target_lock
 from d1_migration.target.ddl import ensure_schema, load_order
 from d1_migration.target.load import TableResult, ancestors, migrate_table
+from d1_migration.verify.drift import Drift, schema_drift
 
 log = logging.getLogger(__name__)
 

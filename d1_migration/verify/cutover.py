@@ -10,16 +10,16 @@ per-table failures and a lost target included: each makes the verdict NOT READY,
 from dataclasses import dataclass, field
 
 import psycopg
-from dagster import AssetCheckResult, Failure, MetadataValue, OpExecutionContext, job, op
+from dagster import AssetCheckResult
 
-from d1_migration.checks import ROW_PARITY, ContentCheck, table_check_results, wallet_drift
 from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, require_source
 from d1_migration.spec.model import Schema
 from d1_migration.sync.engine import SchemaDrift, TargetLost, sync_tables
-from d1_migration.sync.target_lock import TARGET_POOL, holder_name, target_lock
+from d1_migration.sync.target_lock import holder_name, target_lock
 from d1_migration.target.ddl import BOOKKEEPING_SCHEMA
 from d1_migration.target.evolve import EvolutionRefused
 from d1_migration.target.load import TableResult
+from d1_migration.verify.checks import ROW_PARITY, ContentCheck, table_check_results, wallet_drift
 
 
 @dataclass
@@ -149,34 +149,3 @@ def _verdict(
         for name, r in quiet.items()
     }
     return Verdict(ready=not reasons, reasons=reasons, tables=tables)
-
-
-def build_cutover_job(schema: Schema):
-    @op(
-        name="final_sync_and_checks",
-        pool=TARGET_POOL,
-        description="Final sync, a second sync that must change nothing, every check blocking.",
-    )
-    def cutover_gate(
-        context: OpExecutionContext, d1: D1Source, postgres: PostgresTarget, sync: SyncSettings
-    ) -> bool:
-        verdict = cutover_check(d1, postgres, sync, schema, run_id=context.run.run_id)
-        context.log.info(verdict.render())
-        metadata = {
-            "ready": verdict.ready,
-            "reasons": MetadataValue.json(verdict.reasons),
-            "tables": MetadataValue.json(verdict.tables),
-        }
-        if not verdict.ready:
-            raise Failure(
-                description="NOT READY for cutover: " + "; ".join(verdict.reasons[:5]),
-                metadata=metadata,
-            )
-        context.add_output_metadata(metadata)
-        return True
-
-    @job(name="cutover_gate", description="May Postgres take over from D1 now? (see README)")
-    def cutover_gate_job() -> None:
-        cutover_gate()
-
-    return cutover_gate_job

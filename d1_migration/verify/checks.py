@@ -1,37 +1,25 @@
-"""Asset checks: the map's verification queries, per table, plus wallet vs ledger.
-
-The table checks are ``check_specs`` of the table step (assets.py), not a step of their own:
-each table's checks run as soon as the table is committed, on a second connection in a worker
-thread, while the next tables load. A table's state is final once it is committed (only its
-parents' deletes cascade into it, and parents load first), so checking it early sees what a
-check after the whole run would see; on two cores the checks then cost almost nothing extra.
-Each check still shows on its own asset in the UI and can be run alone.
+"""What each check computes: the map's verification queries per table (row parity, orphaned
+FKs, quarantine), the content comparison with D1 (matches_d1) and wallet vs ledger, as
+functions of a Postgres connection returning Dagster check results. The asset checks
+(defs/asset_checks.py) and the cutover gate (cutover.py) both call them.
 """
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckKey,
     AssetCheckResult,
-    AssetChecksDefinition,
     AssetCheckSeverity,
-    AssetCheckSpec,
     MetadataValue,
-    multi_asset_check,
 )
 
-from d1_migration.drift import schema_drift
-from d1_migration.keys import source_key, target_key
-from d1_migration.resources import D1Source
+from d1_migration.defs.keys import target_key
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Schema, Table, q
 from d1_migration.target.ddl import BOOKKEEPING_SCHEMA
-from d1_migration.verify import last_verified_whole, next_slice, record, verify_table
+from d1_migration.verify.content import last_verified_whole, next_slice, record, verify_table
 
 SCHEMA_MATCHES = "schema_matches_spec"
 ROW_PARITY = "row_parity"
@@ -171,150 +159,6 @@ def table_check_results(
         yield quarantine_summary(conn, table)
     if content is not None and wanted(MATCHES_D1):
         yield content.result(conn, table)
-
-
-def check_specs(schema: Schema) -> list[AssetCheckSpec]:
-    specs = []
-    for table in schema.tables:
-        key = target_key(table.name)
-        specs.append(
-            AssetCheckSpec(
-                ROW_PARITY, asset=key, description="D1 rows = Postgres rows + quarantined rows"
-            )
-        )
-        if table.foreign_keys:
-            specs.append(
-                AssetCheckSpec(
-                    ORPHANED_FKS, asset=key, description="No FK value without its parent row"
-                )
-            )
-        specs.append(
-            AssetCheckSpec(
-                QUARANTINE, asset=key, description="Rows held back in d1_migration.rejected_rows"
-            )
-        )
-        specs.append(
-            AssetCheckSpec(
-                MATCHES_D1,
-                asset=key,
-                description="Every row, value and quarantine entry equals what a fresh "
-                "migration of D1 gives (a rotating slice per sync; whole at cutover and in "
-                "full_rebuild)",
-            )
-        )
-    specs.append(
-        AssetCheckSpec(
-            WALLET,
-            asset=target_key(WALLET_TABLES[0]),
-            additional_deps=[target_key(WALLET_TABLES[1])],
-            description="Each wallet's coins and xp equal the sum of its user's ledger rows "
-            "(the map's consistency query).",
-        )
-    )
-    return specs
-
-
-@dataclass
-class _Pending:
-    waits_for: set[str]  # tables not yet settled
-    run: Callable[[psycopg.Connection], Iterator[AssetCheckResult]]
-
-
-class CheckRunner:
-    """Runs the selected checks of each table once the table is settled (committed, or not
-    loaded by this run), one at a time on ``conn`` in a worker thread. Results come back in
-    the order the checks started; a table that failed to sync gets none."""
-
-    def __init__(
-        self, conn: psycopg.Connection, selected: set[AssetCheckKey], content: ContentCheck
-    ) -> None:
-        self._conn, self._selected, self._content = conn, selected, content
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d1m-checks")
-        self._started: list[Future] = []
-        self._pending: list[_Pending] = []
-        self.errors: list[str] = []
-        if AssetCheckKey(target_key(WALLET_TABLES[0]), WALLET) in selected:
-            self._pending.append(_Pending(set(WALLET_TABLES), lambda c: iter([wallet_drift(c)])))
-
-    def wants(self, table: Table) -> bool:
-        """Whether any check of ``table`` is selected (then settled() needs its source rows)."""
-        return any(k.asset_key == target_key(table.name) for k in self._selected)
-
-    def settled(self, table: Table, source_rows: int | None) -> None:
-        """``table`` will not change any more in this run; ``source_rows`` (D1's count, in the
-        snapshot it was loaded from) is needed only if wants(table)."""
-        names = {k.name for k in self._selected if k.asset_key == target_key(table.name)}
-        if names:
-            self._pending.append(
-                _Pending(
-                    {table.name},
-                    lambda c: table_check_results(
-                        c, table, source_rows, self._content, names.__contains__
-                    ),
-                )
-            )
-        for pending in list(self._pending):
-            pending.waits_for.discard(table.name)
-            if not pending.waits_for:
-                self._pending.remove(pending)
-                self._started.append(
-                    self._worker.submit(lambda run=pending.run: list(run(self._conn)))
-                )
-
-    def failed(self, table: Table) -> None:
-        """``table`` did not sync: its checks, and those reading it, do not run."""
-        self._pending = [p for p in self._pending if table.name not in p.waits_for]
-
-    def finished(self, wait: bool = False) -> Iterator[AssetCheckResult]:
-        """Results of the checks done so far (all of them with ``wait``), oldest first. A check
-        that raised is kept in ``errors``: the tables still load, and the step fails at the end."""
-        while self._started and (wait or self._started[0].done()):
-            try:
-                yield from self._started.pop(0).result()
-            except Exception as error:  # reported by the step (see errors)
-                self.errors.append(f"{type(error).__name__}: {error}")
-
-    def close(self) -> None:
-        self._worker.shutdown(cancel_futures=True)
-
-
-def build_source_checks(schema: Schema) -> AssetChecksDefinition:
-    """Schema drift on each D1 source asset, to run from the UI on its own. (The load step
-    checks the same before any data moves, however the run was started.)"""
-    specs = [
-        AssetCheckSpec(
-            SCHEMA_MATCHES,
-            asset=source_key(t.name),
-            blocking=True,
-            description="D1's columns and declared types are the ones the spec reads",
-        )
-        for t in schema.tables
-    ]
-
-    @multi_asset_check(specs=specs, can_subset=True, name="source_schema_checks")
-    def source_schema_checks(
-        context: AssetCheckExecutionContext, d1: D1Source
-    ) -> Iterator[AssetCheckResult]:
-        with d1.snapshot() as snapshot:
-            drift = schema_drift(snapshot, schema, tuple(d1.skip_tables))
-        unknown = [p for p in drift.problems if p.startswith("unknown table")]
-        for table in schema.tables:
-            key = source_key(table.name)
-            if AssetCheckKey(key, SCHEMA_MATCHES) not in context.selected_asset_check_keys:
-                continue
-            problems = drift.by_table.get(table.name, [])
-            yield AssetCheckResult(
-                asset_key=key,
-                check_name=SCHEMA_MATCHES,
-                passed=not problems,
-                metadata={
-                    "problems": MetadataValue.json(problems),
-                    "unknown_tables_in_d1": MetadataValue.json(unknown),
-                    "skipped_internal_tables": MetadataValue.json(drift.skipped),
-                },
-            )
-
-    return source_schema_checks
 
 
 WALLET_QUERY = """
