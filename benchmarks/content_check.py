@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 
 from benchmarks.full_migration import recreate, sample_database
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA

@@ -15,9 +15,9 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from d1_migration.assets import SyncConfig
+from d1_migration.defs.assets import SyncConfig
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 
 

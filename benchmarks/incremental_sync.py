@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from benchmarks.full_migration import recreate, sample_database
-from d1_migration.dagster_storage import pooled_instance
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.defs.dagster_storage import pooled_instance
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.spec.model import Kind
 from d1_migration.spec.tables import SCHEMA

@@ -8,9 +8,15 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from d1_migration.dagster_storage import pooled_instance
+from d1_migration.defs.dagster_storage import pooled_instance
+from d1_migration.defs.resources import (
+    SOURCE_ENV,
+    TARGET_ENV,
+    D1Source,
+    PostgresTarget,
+    SyncSettings,
+)
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import SOURCE_ENV, TARGET_ENV, D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.target_lock import TargetBusy

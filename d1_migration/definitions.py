@@ -12,11 +12,11 @@ from dagster import (
     in_process_executor,
 )
 
-from d1_migration.assets import TABLE_STEP, build_assets
 from d1_migration.defs.asset_checks import build_source_checks
+from d1_migration.defs.assets import TABLE_STEP, build_assets
 from d1_migration.defs.jobs import build_cutover_job
 from d1_migration.defs.keys import TARGET_PREFIX
-from d1_migration.resources import (
+from d1_migration.defs.resources import (
     SOURCE_ENV,
     STATE_DIR_ENV,
     TARGET_ENV,

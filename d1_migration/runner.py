@@ -13,9 +13,9 @@ from dagster import (
 )
 from dagster_shared.error import SerializableErrorInfo
 
-from d1_migration.assets import TABLE_STEP, SyncConfig
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.defs.assets import TABLE_STEP, SyncConfig
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 
 
 @dataclass(frozen=True)

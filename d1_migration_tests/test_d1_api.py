@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from d1_migration import cutover
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source.d1_api import D1Api, D1ApiError, D1Database, copy_database
 from d1_migration.spec.model import q

@@ -11,7 +11,7 @@ import psycopg
 from dagster import asset, materialize
 from psycopg.conninfo import conninfo_to_dict
 
-from d1_migration.dagster_storage import pooled_instance
+from d1_migration.defs.dagster_storage import pooled_instance
 from d1_migration_tests.helpers import as_url
 
 

@@ -11,8 +11,8 @@ import psycopg
 from dagster import AssetCheckKey, AssetSelection
 
 from d1_migration.defs.keys import target_key
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.target.ddl import ensure_schema

@@ -9,8 +9,8 @@ import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, materialize
 
 from d1_migration import definitions
+from d1_migration.defs.resources import SOURCE_ENV, STATE_DIR_ENV, TARGET_ENV
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import SOURCE_ENV, STATE_DIR_ENV, TARGET_ENV
 from d1_migration.runner import RunSummary, summarize
 from d1_migration.verify.checks import ROW_PARITY
 from d1_migration_tests.helpers import assert_like_fresh_migration, first, mutate

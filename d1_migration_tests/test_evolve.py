@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
-from d1_migration.assets import build_assets
 from d1_migration.defs.asset_checks import build_source_checks
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.defs.assets import build_assets
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.spec.model import Column, EnumType, Index, Kind, Schema, Table, bigint, enum, text
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.engine import SchemaDrift

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from d1_migration import definitions
 from d1_migration.defs.keys import target_key
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Schema

@@ -2,7 +2,7 @@
 
 import os
 
-from d1_migration.resources import PostgresTarget
+from d1_migration.defs.resources import PostgresTarget
 from d1_migration.target.connection import redacted
 from d1_migration.target.embedded import stop_embedded_postgres
 

@@ -21,8 +21,8 @@ from dagster import (
 from dagster._daemon.monitoring import execute_concurrency_slots_iteration
 
 from d1_migration import definitions
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
 from d1_migration.sync.target_lock import TARGET_POOL
 from d1_migration.verify.checks import MATCHES_D1

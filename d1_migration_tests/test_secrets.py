@@ -20,8 +20,8 @@ import pytest
 from dagster import DagsterInstance, serialize_value
 
 from d1_migration import export
-from d1_migration.dagster_storage import pooled_instance
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.defs.dagster_storage import pooled_instance
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source.d1_api import copy_database
 from d1_migration.source.snapshot import SqliteSource

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from dagster import DagsterInstance
 
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.spec.model import Schema
 from d1_migration.spec.tables import SCHEMA

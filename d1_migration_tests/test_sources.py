@@ -14,8 +14,8 @@ from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_j
 
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
 from d1_migration.defs.keys import source_key
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source.export import ExportError, replay
 from d1_migration.source.snapshot import SqliteSource

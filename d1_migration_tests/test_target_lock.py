@@ -11,8 +11,8 @@ import psycopg
 from dagster import DagsterInstance, Definitions
 
 from d1_migration import definitions
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import summarize
 from d1_migration_tests.helpers import ROOT, as_url
 

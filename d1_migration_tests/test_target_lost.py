@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from dagster import DagsterInstance, serialize_value
 
-from d1_migration.assets import TARGET_RETRY, SyncConfig
+from d1_migration.defs.assets import TARGET_RETRY, SyncConfig
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA

@@ -26,7 +26,7 @@ from dagster import (
 )
 
 from d1_migration.defs.keys import source_key, target_key
-from d1_migration.resources import D1Source
+from d1_migration.defs.resources import D1Source
 from d1_migration.spec.model import Schema, Table
 from d1_migration.verify.checks import (
     MATCHES_D1,

@@ -2,7 +2,7 @@
 
 from dagster import Failure, MetadataValue, OpExecutionContext, job, op
 
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.spec.model import Schema
 from d1_migration.sync.target_lock import TARGET_POOL
 from d1_migration.verify.cutover import cutover_check

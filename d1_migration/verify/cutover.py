@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import psycopg
 from dagster import AssetCheckResult
 
-from d1_migration.resources import D1Source, PostgresTarget, SyncSettings, require_source
+from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings, require_source
 from d1_migration.spec.model import Schema
 from d1_migration.sync.engine import SchemaDrift, TargetLost, sync_tables
 from d1_migration.sync.target_lock import holder_name, target_lock

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from d1_migration.defs.asset_checks import CheckRunner, check_specs
 from d1_migration.defs.keys import source_key, target_key
-from d1_migration.resources import (
+from d1_migration.defs.resources import (
     D1Source,
     NotConfigured,
     PostgresTarget,
