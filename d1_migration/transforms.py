@@ -1,8 +1,8 @@
 """Vectorised conversion of one source batch into target-typed Arrow columns plus reject reasons.
 
-Each column is converted by its kind's converter (kinds.py); what every kind shares happens here:
-the storage-class check, the UTF-8 and NUL checks of text, NOT NULL, the spec's flag rules, and
-the original ids the load keeps in d1_migration.id_map and ref_map. No row is dropped here: a
+Each column is converted by its kind's converter (spec/kinds.py); what every kind shares happens
+here: the storage-class check, the UTF-8 and NUL checks of text, NOT NULL, the spec's flag rules,
+and the original ids the load keeps in d1_migration.id_map and ref_map. No row is dropped here: a
 row with any reason goes to quarantine, the rest to Postgres.
 """
 

@@ -130,7 +130,7 @@ def build_table_assets(schema: Schema) -> AssetsDefinition:
     """All 66 tables and their checks in one step: each table is still its own asset (own
     deps, metadata, checks, materializable alone), but Dagster's per-step cost is paid once
     instead of 66 times, which on two cores is most of a no-change re-sync; and each table's
-    checks run beside the loading of the next tables (checks.py)."""
+    checks run beside the loading of the next tables (asset_checks.py)."""
 
     @multi_asset(
         name=TABLE_STEP,

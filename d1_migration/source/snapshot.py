@@ -1,6 +1,6 @@
 """Reading D1 (a SQLite file) into Arrow record batches.
 
-Each target column is selected as the projections its kind declares (kinds.py): a storage-class
+Each target column is selected as the projections its kind declares (spec/kinds.py): a storage-class
 code plus a value that is homogeneous for the kind, and the kind's extras.
 """
 
@@ -116,7 +116,7 @@ class Snapshot:
     def leaf_pages(self, table: Table) -> dict[bytes, int] | None:
         """The table's leaf pages, as a hash of each page's bytes (and of its rows' overflow
         pages) mapped to its page number. A page whose hash a re-sync has seen before holds the
-        same rows with the same values (shadow.py builds on that). The pages are read from
+        same rows with the same values (sync/shadow.py builds on that). The pages are read from
         the file while this snapshot's read lock keeps writers out, which only holds outside
         WAL mode; None there, or when this SQLite lacks the dbstat table that lists them."""
         if self._conn.execute("PRAGMA main.journal_mode").fetchone()[0].lower() == b"wal":
@@ -208,7 +208,7 @@ class Snapshot:
 
     def slice_rows(self, table: Table, index: int, count: int) -> tuple[list[int], set[str]]:
         """Rowids and keys (source_pk_text) of every ``count``-th row by rowid, from ``index``:
-        a slice of the table that the next slices complete (verify.py)."""
+        a slice of the table that the next slices complete (verify/content.py)."""
         keys = ", ".join(q(k) for k in table.source_pk)
         rowids, pks = [], set()
         for rowid, *key in self._conn.execute(
@@ -331,6 +331,6 @@ INTERNAL_TABLES = ("_cf_*", "sqlite_*", "d1_migrations")
 
 def skipped_table(name: str, skip: Iterable[str] = ()) -> bool:
     """Whether a D1 table is left alone: one of D1's own, or matched by ``skip`` (the ``d1``
-    resource's ``skip_tables``). The one test every reader of D1's tables applies (drift.py, the
-    ``d1://`` copy), so that a table one of them skips is never read by another."""
+    resource's ``skip_tables``). The one test every reader of D1's tables applies (verify/drift.py,
+    the ``d1://`` copy), so that a table one of them skips is never read by another."""
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in (*INTERNAL_TABLES, *skip))

@@ -7,8 +7,8 @@ that need a JSON parser run there, in SQLite's JSON1, because Arrow has none. An
 projection and its Arrow type, the storage classes the kind accepts, its D1 and Postgres types,
 and its converter: a function on the batch's Arrow arrays that returns the target values and
 records every value it cannot convert faithfully (a reason code and a sentence). The spec
-(spec.py), the source query (source.py) and the batch conversion (transforms.py) read these
-entries and never switch on a kind, so a new kind is one ``ColumnKind``: add it to ``Kind``.
+(model.py), the source query (source/snapshot.py) and the batch conversion (transforms.py) read
+these entries and never switch on a kind, so a new kind is one ``ColumnKind``: add it to ``Kind``.
 
 Per-value Python runs only on the rare paths Arrow has no kernel for: UUIDv5 of non-UUID ids
 (memoised), SHA-256 of session tokens, and locating invalid UTF-8 (or the array element holding

@@ -1,7 +1,7 @@
 """The sync engine: the one loop that brings a target up to date, for every entry point.
 
 The table step of Materialize all and of the `migrate`/`full_rebuild` jobs and the `resync`
-schedule (assets.py), the cutover gate (cutover.py) and the CLI all sync through
+schedule (defs/assets.py), the cutover gate (verify/cutover.py) and the CLI all sync through
 ``sync_tables``, so a guard added here holds everywhere: D1's schema is compared with the spec
 before anything is written, tables load parents first, and a table that fails is left as it
 was (one transaction) while its descendants are skipped and the others go on. A lost

@@ -16,15 +16,14 @@ a recorded page that is gone (a delete). Only those ranges are compared; a table
 and no vanished page is not read at all. A table whose derived column reads another table has
 no page map (that value can change while its own pages do not) and is compared whole.
 
-The shadow is written only after Postgres committed the table, from the same source snapshot,
-so it can be behind Postgres: the process died in between, or the write failed. A shadow that
-is behind would hide a change that is undone in D1 afterwards (the shadow already equals D1,
-Postgres does not), so each table's generation, which Postgres bumps in the table's own
-transaction (load.py), is recorded beside its rows; a shadow recorded at another generation is
-not trusted and the table gets a full pass. That makes a lost shadow commit harmless, so it is
-written without waiting for the disk (WAL, synchronous=NORMAL): a crash can lose its last
-commits, never corrupt it. Its log is folded into the file once a run (checkpoint()), not
-during the table commits.
+The shadow is written only after Postgres committed the table, from the same source snapshot, so it
+can be behind Postgres: the process died in between, or the write failed. A shadow that is behind
+would hide a change that is undone in D1 afterwards (the shadow already equals D1, Postgres does
+not), so each table's generation, which Postgres bumps in the table's own transaction
+(target/load.py), is recorded beside its rows; a shadow recorded at another generation is not
+trusted and the table gets a full pass. That makes a lost shadow commit harmless, so it is written
+without waiting for the disk (WAL, synchronous=NORMAL): a crash can lose its last commits, never
+corrupt it. Its log is folded into the file once a run (checkpoint()), not during the table commits.
 
 A shadow belongs to one target database: its file is named after the target's sync token, so
 a new or rebuilt target starts with no shadow, which makes its first sync a full one.

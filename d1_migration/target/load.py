@@ -7,7 +7,7 @@ The survivors are merged into the target: rows gone from D1 are deleted, new row
 changed rows updated. A merge rather than TRUNCATE + reload, because TRUNCATE/DELETE of a parent
 would cascade through its children; and a merge makes a re-run on the same source a no-op.
 
-An incremental load runs the same steps on a scope: the rows the shadow (shadow.py) finds new,
+An incremental load runs the same steps on a scope: the rows the shadow (sync/shadow.py) finds new,
 changed or deleted, plus the rows in quarantine when the table or an ancestor changed since the
 table's last sync. Its result must equal a full load's, so rows the changes can reach join the
 scope (rows sharing a UNIQUE value with a scoped row, rows referring to one through the table's
