@@ -5,12 +5,12 @@ import sqlite3
 import psycopg
 from dagster import DagsterInstance
 
-from d1_migration import cutover
 from d1_migration.cli import main
 from d1_migration.defs.jobs import build_cutover_job
 from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.verify import cutover
 from d1_migration.verify.cutover import cutover_check
 
 CLEAN_ROWS = [

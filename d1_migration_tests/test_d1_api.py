@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from d1_migration import cutover
 from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
 from d1_migration.runner import materialize_all
 from d1_migration.source.d1_api import D1Api, D1ApiError, D1Database, copy_database
 from d1_migration.spec.model import q
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.verify import cutover
 from d1_migration_tests.helpers import dump, sync
 
 TOKEN = "test-token-5f2c"  # must never show up in errors or logs

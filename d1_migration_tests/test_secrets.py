@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from dagster import DagsterInstance, serialize_value
 
-from d1_migration import export
 from d1_migration.defs.dagster_storage import pooled_instance
 from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.runner import materialize_all
+from d1_migration.source import export
 from d1_migration.source.d1_api import copy_database
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Schema
