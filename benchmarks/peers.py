@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -523,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--tools", default=",".join(PEERS), help="comma-separated: " + ",".join(PEERS)
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each tool (median)")
     parser.add_argument("--keep", action="store_true", help="keep each peer's database")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -537,11 +539,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         source = sample_database(Path(args.workdir), args.users, args.seed)
     results = []
     for tool in args.tools.split(","):
-        result = run_peer(tool.strip(), source, args.server, keep=args.keep)
-        results.append(result)
-        print(result.line(), flush=True)
-        if result.produced:
-            print(f"  produced: {result.produced.summary()}", flush=True)
+        runs = []
+        for _ in range(args.repeat):
+            runs.append(run_peer(tool.strip(), source, args.server, keep=args.keep))
+            print(runs[-1].line(), flush=True)
+        if runs[-1].produced:
+            print(f"  produced: {runs[-1].produced.summary()}", flush=True)
+        if args.repeat > 1:
+            walls = [r.wall_seconds for r in runs]
+            print(
+                f"  median of {len(runs)}: {statistics.median(walls):.1f} s "
+                f"(min {min(walls):.1f}, max {max(walls):.1f}), peak RSS "
+                f"{statistics.median(r.peak_rss_mib for r in runs):.0f} MiB",
+                flush=True,
+            )
+        results += runs
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     if not all(r.ok for r in results):
