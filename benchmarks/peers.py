@@ -6,7 +6,7 @@ process tree, rows loaded, what it produced).
     PYTHONPATH=. python -m benchmarks.peers --users 1100 --clean  # ~68k rows, built or reused
 
 ``--users`` without ``--clean`` takes the sample as the other benchmarks build it, with its
-deliberately bad rows, on which the DuckDB copy and ``\copy`` stop (see ``clean_sample``).
+deliberately bad rows, on which the DuckDB copy and ``\\copy`` stop (see ``clean_sample``).
 
 The peers are optional: ``pgloader`` (Debian package), ``duckdb==1.4.4`` with
 ``duckdb-ext-sqlite`` and ``duckdb-ext-postgres`` (PyPI; they ship the extensions, so nothing
