@@ -16,11 +16,16 @@ import pytest
 from dagster import (
     AssetCheckKey,
     AssetKey,
+    AssetSelection,
     DagsterInstance,
+    Definitions,
     TableColumnDep,
     TableSchema,
+    define_asset_job,
     serialize_value,
 )
+from dagster._core.test_utils import instance_for_test
+from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
 from d1_migration import definitions
 from d1_migration.defs.assets import SUMMARY_TAG_PREFIX
@@ -271,3 +276,87 @@ def test_the_quarantine_table_is_capped_and_escaped(pg_url):
     assert all(line.count(" | ") == 5 for line in body)  # no cell broke the table
     assert result.metadata["quarantined_rows"].value == len(rows)
     assert result.metadata["by_reason"].value == {"bad_datetime": len(rows)}
+
+
+GRAPH_QUERY = """
+query ($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    isObservable
+    assetObservations(limit: 1) { runId }
+    assetMaterializations(limit: 1) { runId }
+    assetChecksOrError {
+      ... on AssetChecks { checks { name executionForLatestMaterialization { status runId } } }
+    }
+  }
+}
+"""
+
+
+def test_after_materialize_all_the_graph_shows_every_source_observed_and_checked(tmp_path, pg_url):
+    """What the UI's asset graph reads (its GraphQL API, against the code location as `dagster
+    dev` loads it): after one Materialize all, every d1/ source is observed by that run and
+    its drift check passed in it, and every pg/ table's checks ran in it: nothing reads
+    "never materialized" or "not run"."""
+    path = tmp_path / "d1.sqlite"
+    build_sample_db(path, users=10, seed=2, bad_rows=False)
+    with instance_for_test() as instance:
+        summary = materialize_all(
+            D1Source(path=str(path)),
+            PostgresTarget(url=pg_url),
+            instance=instance,
+            sync=SyncSettings(state_dir=str(tmp_path / "sync")),
+        )
+        assert summary.success, summary.failure
+        [run] = instance.get_runs()
+        keys = [k for t in SCHEMA.tables for k in (source_key(t.name), target_key(t.name))]
+        with define_out_of_process_context(definitions.__file__, "defs", instance) as context:
+            result = execute_dagster_graphql(
+                context, GRAPH_QUERY, {"keys": [{"path": k.path} for k in keys]}
+            )
+    assert not result.errors, result.errors
+    nodes = {AssetKey(n["assetKey"]["path"]): n for n in result.data["assetNodes"]}
+    assert set(nodes) == set(keys)
+    for key, node in nodes.items():
+        checks = node["assetChecksOrError"]["checks"]
+        assert checks, key
+        for check in checks:
+            execution = check["executionForLatestMaterialization"]
+            assert execution and execution["runId"] == run.run_id, (key, check["name"])
+        if key.path[0] == "d1":
+            assert node["isObservable"], key
+            assert node["assetObservations"] == [{"runId": run.run_id}], key
+            assert [c["executionForLatestMaterialization"]["status"] for c in checks] == [
+                "SUCCEEDED"
+            ], key
+        else:
+            assert node["assetMaterializations"] == [{"runId": run.run_id}], key
+
+
+def test_observe_alone_counts_the_selected_d1_tables(tmp_path):
+    """The UI's "Observe" on d1/ sources runs observe_d1 alone: D1 is read, nothing written."""
+    path = tmp_path / "d1.sqlite"
+    sample = build_sample_db(path, users=10, seed=4)
+    chosen = ["users", "sessions", "habit_logs"]
+    job = define_asset_job("observe", selection=AssetSelection.assets(*map(source_key, chosen)))
+    defs = Definitions(
+        assets=definitions.ASSETS,
+        asset_checks=definitions.ASSET_CHECKS,
+        jobs=[job],
+        resources={
+            "d1": D1Source(path=str(path)),
+            "postgres": PostgresTarget(url="postgresql://unused"),  # observing reads D1 only
+            "sync": SyncSettings(state_dir=str(tmp_path / "sync")),
+        },
+    )
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("observe").execute_in_process(instance=instance)
+    observed = {
+        table_of(e.asset_key): e.event_specific_data.asset_observation.metadata
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    }
+    assert set(observed) == set(chosen)
+    for name, metadata in observed.items():
+        assert metadata["dagster/row_count"].value == sample.row_counts[name]
+        assert metadata["d1_source"].value == str(path)
