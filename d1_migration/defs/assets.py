@@ -5,6 +5,7 @@ Each ``pg/<table>`` asset depends on ``d1/<table>`` (the source, an external ass
 parents before children.
 """
 
+import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -96,7 +97,7 @@ def source_asset(table: Table) -> AssetSpec:
     )
 
 
-def source_observation(d1: D1Source, table: Table, rows: int) -> dict:
+def source_observation(d1: D1Source, table: Table, rows: int | None) -> dict:
     """What an observation of a D1 table records: its rows in the snapshot read, where it was
     read from (a file, or d1://<account>/<database>: never a token) and the Time Travel
     bookmark of a live copy."""
@@ -105,9 +106,12 @@ def source_observation(d1: D1Source, table: Table, rows: int) -> dict:
         ROW_COUNT: rows,
         "d1_source": MetadataValue.text(source)
         if source.startswith("d1://")
-        else MetadataValue.path(source),
+        else MetadataValue.path(os.path.abspath(source)),
         "d1_table": table.name,
     }
+    if rows is None:  # the drift check names it; nothing to count
+        del metadata[ROW_COUNT]
+        metadata["missing_in_d1"] = True
     metadata.update(d1.run_metadata())
     return metadata
 
@@ -135,7 +139,7 @@ def build_source_assets(schema: Schema) -> AssetsDefinition:
                 names = set(snapshot.table_names())
                 for table in schema.tables:
                     if table.name in selected:
-                        rows = snapshot.count(table) if table.name in names else 0
+                        rows = snapshot.count(table) if table.name in names else None
                         yield ObserveResult(
                             asset_key=source_key(table.name),
                             metadata=source_observation(d1, table, rows),
