@@ -79,11 +79,12 @@ def _fingerprints(url: str) -> dict[str, tuple[int, str]]:
 
 
 def _migrate_both_ways(source, new_database, monkeypatch):
-    runs = []
+    runs, forms = [], set()
     original = first_load.FirstLoad.run
 
     def counted(self):
         runs.append(self.table.name)
+        forms.add("binary" if self.binary else "csv")
         return original(self)
 
     monkeypatch.setattr(first_load.FirstLoad, "run", counted)
@@ -93,6 +94,7 @@ def _migrate_both_ways(source, new_database, monkeypatch):
         urls[enabled] = new_database()
         results = sync(urls[enabled], source, None, incremental=False)
     assert sorted(runs) == sorted(t.name for t in SCHEMA.tables)  # every table took the pass
+    assert forms == {"binary", "csv"}  # tables with TEXT[] or BYTEA columns COPY CSV
     return urls, results
 
 
