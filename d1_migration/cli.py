@@ -191,17 +191,21 @@ def _without_telemetry(config: Path) -> None:
 
 
 def _instance(workdir: Path, create: bool) -> DagsterInstance | None:
-    """demo_instance, as a configuration error when DAGSTER_HOME's cannot be loaded; None
-    when nothing was ever recorded (no embedded server under ``workdir``) and not ``create``."""
-    if not os.environ.get("DAGSTER_HOME") and not create and not _embedded_exists(workdir):
+    """demo_instance; DAGSTER_HOME's that cannot be loaded is a configuration error (a
+    dagster.yaml that needs DAGSTER_PG_URL, say). None when DAGSTER_HOME is unset, nothing
+    was ever recorded (no embedded server under ``workdir``) and not ``create``."""
+    if os.environ.get("DAGSTER_HOME"):
+        try:
+            return demo_instance(workdir)
+        except Exception as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ConfigError(
+                f"Dagster's instance (DAGSTER_HOME={os.environ['DAGSTER_HOME']}) could not be "
+                f"loaded: {first}"
+            ) from None
+    if not create and not _embedded_exists(workdir):
         return None
-    try:
-        return demo_instance(workdir)
-    except Exception as error:  # DAGSTER_HOME's dagster.yaml: a missing DAGSTER_PG_URL, ...
-        raise ConfigError(
-            f"Dagster's instance (DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '')}) could not "
-            f"be loaded: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
-        ) from None
+    return demo_instance(workdir)
 
 
 def _embedded_exists(workdir: Path) -> bool:

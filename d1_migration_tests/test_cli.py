@@ -240,6 +240,18 @@ def test_usage_and_configuration_errors_exit_2(tmp_path, pg_url, monkeypatch, ca
     monkeypatch.setenv("D1_MIGRATION_TARGET_URL", "postgresq://app:pw@host/db")
     assert cli.main(["status"]) == 2
     assert "pw" not in capsys.readouterr().err.replace("postgresq", "")
+    monkeypatch.setenv("D1_MIGRATION_TARGET_URL", pg_url)
+    home = tmp_path / "home"  # a Dagster instance that cannot load: one message, exit 2
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "storage:\n  postgres:\n    postgres_url:\n      env: D1MT_NEVER_SET\n"
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert cli.main(["status"]) == 2
+    assert f"Dagster's instance (DAGSTER_HOME={home}) could not be loaded" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.delenv("DAGSTER_HOME")
     monkeypatch.delenv("D1_MIGRATION_TARGET_URL")
     assert cli.main(["status"]) == 1  # nothing migrated here, and nothing was started
     assert not (tmp_path / ".d1_migration").exists()
