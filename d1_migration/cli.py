@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -83,7 +84,10 @@ ENVIRONMENT = (
 
 EPILOG = (
     "environment variables:\n"
-    + "\n".join(f"  {name:27} {meaning}" for name, meaning in ENVIRONMENT)
+    + "\n".join(
+        textwrap.fill(meaning, width=92, initial_indent=f"  {name:27} ", subsequent_indent=" " * 30)
+        for name, meaning in ENVIRONMENT
+    )
     + "\n\nexit codes: 0 ok; 1 not ok (a failed run or check of severity ERROR, open "
     "quarantine\nentries listed, NOT READY for cutover); 2 usage or configuration error"
 )
@@ -632,8 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Migrate a Cloudflare D1 database into PostgreSQL and keep it in sync.",
         epilog=EPILOG,
         formatter_class=formatter,
-        parents=[common],
-    )
+    )  # the options are each command's (a subparser's defaults would override the parser's)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run: Callable, help: str) -> argparse.ArgumentParser:
