@@ -25,6 +25,7 @@ from d1_migration.defs.resources import (
     PostgresTarget,
     SyncSettings,
 )
+from d1_migration.report.asset import build_report_asset
 from d1_migration.spec.tables import SCHEMA
 
 CRON_ENV = "D1_MIGRATION_SYNC_CRON"
@@ -87,8 +88,11 @@ resync_schedule = ScheduleDefinition(
 ASSETS = build_assets(SCHEMA)
 ASSET_CHECKS = [build_source_checks(SCHEMA)]
 
+# Downstream of every table: part of Materialize all, not of the sync jobs (see its module).
+REPORT_ASSET = build_report_asset(SCHEMA)
+
 defs = Definitions(
-    assets=ASSETS,
+    assets=[*ASSETS, REPORT_ASSET],
     asset_checks=ASSET_CHECKS,
     jobs=[migrate_job, full_rebuild_job, build_cutover_job(SCHEMA)],
     schedules=[resync_schedule],

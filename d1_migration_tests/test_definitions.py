@@ -109,7 +109,10 @@ def test_every_table_is_a_source_and_a_target_asset_shaped_by_the_spec(defs):
     graph = {_key(spec.key): spec for spec in defs.resolve_all_asset_specs()}
     asset_checks = defs.resolve_asset_graph().asset_check_keys
     names = [t.name for t in SCHEMA.tables]
-    assert set(graph) == {_key(source_key(n)) for n in names} | {f"pg/{n}" for n in names}
+    tables = {_key(source_key(n)) for n in names} | {f"pg/{n}" for n in names}
+    assert set(graph) == tables | {"migration_report"}
+    report = {_key(d.asset_key) for d in graph["migration_report"].deps}
+    assert report == {f"pg/{n}" for n in names}  # downstream of every table
     for table in SCHEMA.tables:
         fks = [c.references.split(".")[0] for c in table.columns if c.references]
         source, target = graph[_key(source_key(table.name))], graph[f"pg/{table.name}"]

@@ -92,12 +92,17 @@ def _failure(result: AssetCheckResult) -> str:
         value = getattr(value, "value", value)
         if name in ("details", "inspect_with") or value in ({}, [], 0, None):
             continue
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
-        elif isinstance(value, list):
-            value = ", ".join(map(str, value[:10])) + (" ..." if len(value) > 10 else "")
-        figures.append(f"{name.replace('_', ' ')}: {value}")
+        figures.append(f"{name.replace('_', ' ')}: {_plain(value)}")
     return f"{result.asset_key.to_user_string()} {result.check_name} failed; " + "; ".join(figures)
+
+
+def _plain(value) -> str:
+    """A metadata value as words: no dict or list reprs (a dict of lists included)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return " ".join(map(_plain, value[:10])) + (" ..." if len(value) > 10 else "")
+    return str(value)
 
 
 def cutover_check(
