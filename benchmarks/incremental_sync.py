@@ -107,9 +107,14 @@ def timed(label: str, run: callable) -> tuple[float, RunSummary]:
     changes = sum(m["inserted"] + m["updated"] + m["deleted"] for m in summary.tables.values())
     tables = sum(m["seconds"] for m in summary.tables.values())
     full = sorted(name for name, m in summary.tables.items() if m["mode"] == "full")
+    ranked = sorted(summary.tables.items(), key=lambda kv: -kv[1]["seconds"])[:3]
+    verified = sum(c.metadata["seconds"] for c in summary.checks if c.check == "matches_d1")
+    slowest = ", ".join(f"{name} {meta['seconds']:.1f} s" for name, meta in ranked)
     failed = [f"{c.asset}:{c.check}" for c in summary.failed_checks if c.check == "row_parity"]
     print(
-        f"{label}: {seconds:.1f} s (tables {tables:.1f} s), modes {modes}, {changes} target "
+        f"{label}: {seconds:.1f} s (tables {tables:.1f} s; slowest {slowest}; matches_d1 "
+        f"{verified:.1f} s beside them), modes {modes}, "
+        f"{changes} target "
         f"rows changed, row_parity failures {failed or 'none'}, success={summary.success}"
         + (f", full passes: {', '.join(full)}" if full and len(full) < len(summary.tables) else "")
     )
