@@ -619,9 +619,10 @@ def record_cascade(conn: psycopg.Connection, schema: Schema, table: Table, leavi
         conn.execute(f"DROP TABLE IF EXISTS {gone[t.name]}")
         return conn.execute(f"CREATE TEMP TABLE {gone[t.name]} ON COMMIT DROP AS {select}").rowcount
 
+    if not conn.execute(f"SELECT EXISTS (SELECT 1 FROM {leaving})").fetchone()[0]:
+        return True  # most scoped merges remove nothing: no temporary table for them
     cols = ", ".join(f"t.{q(c)}" for c in columns(table))
-    if not create(table, f"SELECT DISTINCT {cols} FROM {leaving}"):
-        return True
+    create(table, f"SELECT DISTINCT {cols} FROM {leaving}")
     grown = {table.name}  # tables with leaving rows not followed yet
     for parent in closure:  # load order: a table's parents are done before it
         while parent.name in grown:  # again when a self-reference adds rows
