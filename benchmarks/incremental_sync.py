@@ -1,17 +1,21 @@
-"""Re-sync benchmark: no-change and 1%-change re-syncs against the full migration.
+"""Re-sync benchmark: re-syncs after no change, 1% changed and 0.1% of users deleted, each
+against the full migration.
 
     python benchmarks/incremental_sync.py --users 10000 [--repeat 3]
 
 Builds (or reuses) the sample database, copies it, migrates the copy into a fresh target, then
-re-syncs it unchanged, ``--repeat`` times; then, ``--repeat`` times, changes 1% of the rows of
-every table (half updates, a quarter inserts, a quarter deletes in tables no other table
-references, so deletes do not cascade; rows picked uniformly at random, a new seed each time)
-and re-syncs. Every run is a whole Dagster run of the migrate job (all 66 table assets and
-their checks, in process, with an ephemeral instance): its wall time includes the checks and
-Dagster's own per-run cost (about 2 s here for 66 materializations and 187 check results),
-which does not grow with the data. "tables" is the time spent syncing the tables. The ratios
-use the median of the repeats. With ``--dagster-pg-url`` (a database it recreates) the runs
-record into Dagster's Postgres storage as dagster.yaml configures it, as deployed runs do.
+re-syncs it unchanged, ``--repeat`` times; then, ``--repeat`` times, changes 1% of the rows of every
+table (half updates, a quarter inserts, a quarter deletes in tables no other table references, so
+deletes do not cascade; rows picked uniformly at random, a new seed each time) and re-syncs; then,
+``--repeat`` times, deletes 0.1% of the users (picked at random) with SQLite's foreign keys on, so
+D1's ON DELETE CASCADE / SET NULL reach every row of theirs in every table, as an account deletion
+in the app does, and re-syncs. Every run is a whole Dagster run of the migrate job (all 66 table
+assets and their checks, in process, with an ephemeral instance): its wall time includes the checks
+and Dagster's own per-run cost (about 2 s here for 66 materializations and 187 check results), which
+does not grow with the data. "tables" is the time spent syncing the tables; "full passes" names the
+tables a re-sync loaded in full. The ratios (each case's share of the full migration) use the median
+of the repeats. With ``--dagster-pg-url`` (a database it recreates) the runs record into Dagster's
+Postgres storage as dagster.yaml configures it, as deployed runs do.
 """
 
 import argparse
@@ -79,6 +83,22 @@ def change_one_percent(path: Path, seed: int) -> int:
     return changed
 
 
+def delete_users(path: Path, seed: int, share: float = 0.001) -> tuple[int, int]:
+    """Delete ``share`` of the users as the app does, D1 cascading; returns (users deleted,
+    rows removed or changed in all, the users included: SQLite's total_changes)."""
+    rng = random.Random(seed)
+    with sqlite3.connect(path, isolation_level=None) as d1:
+        d1.execute("PRAGMA foreign_keys = ON")
+        rowids = [r[0] for r in d1.execute("SELECT rowid FROM users")]
+        picked = rng.sample(rowids, max(1, round(len(rowids) * share)))
+        before = d1.total_changes
+        d1.execute("BEGIN")
+        for rowid in picked:
+            d1.execute("DELETE FROM users WHERE rowid = ?", [rowid])
+        d1.execute("COMMIT")
+        return len(picked), d1.total_changes - before
+
+
 def timed(label: str, run: callable) -> tuple[float, RunSummary]:
     started = time.perf_counter()
     summary = run()
@@ -86,10 +106,17 @@ def timed(label: str, run: callable) -> tuple[float, RunSummary]:
     modes = sorted({m["mode"] for m in summary.tables.values()})
     changes = sum(m["inserted"] + m["updated"] + m["deleted"] for m in summary.tables.values())
     tables = sum(m["seconds"] for m in summary.tables.values())
+    full = sorted(name for name, m in summary.tables.items() if m["mode"] == "full")
+    ranked = sorted(summary.tables.items(), key=lambda kv: -kv[1]["seconds"])[:3]
+    verified = sum(c.metadata["seconds"] for c in summary.checks if c.check == "matches_d1")
+    slowest = ", ".join(f"{name} {meta['seconds']:.1f} s" for name, meta in ranked)
     failed = [f"{c.asset}:{c.check}" for c in summary.failed_checks if c.check == "row_parity"]
     print(
-        f"{label}: {seconds:.1f} s (tables {tables:.1f} s), modes {modes}, {changes} target "
+        f"{label}: {seconds:.1f} s (tables {tables:.1f} s; slowest {slowest}; matches_d1 "
+        f"{verified:.1f} s beside them), modes {modes}, "
+        f"{changes} target "
         f"rows changed, row_parity failures {failed or 'none'}, success={summary.success}"
+        + (f", full passes: {', '.join(full)}" if full and len(full) < len(summary.tables) else "")
     )
     return seconds, summary
 
@@ -131,12 +158,26 @@ def main() -> None:
         changed = change_one_percent(source, seed=i + 1)
         print(f"changed {changed} of {rows} source rows ({100 * changed / rows:.2f}%)")
         busy.append(resync(f"re-sync, 1% changed ({i + 1})"))
+    gone = []
+    for i in range(args.repeat):
+        users, removed = delete_users(source, seed=100 + i)
+        print(f"deleted {users} users in D1, which cascaded: {removed} rows deleted or changed")
+        gone.append(resync(f"re-sync, 0.1% of users deleted ({i + 1})"))
+
+    def share(label: str, runs: list[float]) -> str:
+        median = statistics.median(runs)
+        each = ", ".join(f"{100 * r / full:.1f}%" for r in runs)
+        return f"{label} {median:.1f} s = {100 * median / full:.1f}% (each: {each})"
+
     print(
-        f"{rows} rows, full migration {full:.1f} s; median re-sync with no change "
-        f"{statistics.median(quiet):.1f} s = {100 * statistics.median(quiet) / full:.1f}% "
-        f"(each: {', '.join(f'{100 * q / full:.1f}%' for q in quiet)}); median re-sync with "
-        f"1% changed {statistics.median(busy):.1f} s = {100 * statistics.median(busy) / full:.1f}% "
-        f"(each: {', '.join(f'{100 * b / full:.1f}%' for b in busy)})"
+        f"{rows} rows, full migration {full:.1f} s; median re-sync: "
+        + "; ".join(
+            (
+                share("no change", quiet),
+                share("1% changed", busy),
+                share("0.1% of users deleted", gone),
+            )
+        )
     )
 
 

@@ -5,6 +5,7 @@ would (with SQLite's foreign keys on, so deletes cascade as in D1), re-syncs inc
 and compares every table and the quarantine with a full migration into an empty database.
 """
 
+import sqlite3
 from pathlib import Path
 
 import psycopg
@@ -17,7 +18,7 @@ from d1_migration import definitions
 from d1_migration.defs.keys import target_key
 from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
-from d1_migration.runner import summarize
+from d1_migration.runner import materialize_all, summarize
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.model import Schema
 from d1_migration.spec.tables import SCHEMA
@@ -25,7 +26,14 @@ from d1_migration.sync.engine import sync_all
 from d1_migration.sync.shadow import Shadow
 from d1_migration.verify.checks import MATCHES_D1
 from d1_migration.verify.content import WHOLE, Slice, verify_table
-from d1_migration_tests.helpers import assert_like_fresh_migration, first, mutate, new_d1, sync
+from d1_migration_tests.helpers import (
+    as_url,
+    assert_like_fresh_migration,
+    first,
+    mutate,
+    new_d1,
+    sync,
+)
 
 
 def test_unchanged_source_is_a_no_op(tmp_path, pg_url):
@@ -95,7 +103,8 @@ def test_mixed_changes_equal_a_fresh_migration(tmp_path, new_database):
     results = sync(synced, source, shadow, incremental=True)
     assert_like_fresh_migration(synced, source, new_database())
     assert results["users"].mode == "incremental"
-    assert results["habits"].mode == "full"  # its parent removed rows: cascades in Postgres
+    # Its parent removed rows (D1 and Postgres cascading): the deletions are in its own scope.
+    assert results["habits"].mode == "incremental"
 
 
 def test_a_quarantined_child_is_retried_when_its_parent_is_fixed(tmp_path, new_database):
@@ -163,6 +172,134 @@ def test_a_derived_column_follows_the_row_it_reads(tmp_path, new_database):
     mutate(source, ["UPDATE users SET created_at = '2026-02-01' WHERE id = 'u1'"])
     results = sync(synced, source, shadow, incremental=True)
     assert results["accounts"].mode == "incremental" and results["accounts"].updated == 1
+    assert_like_fresh_migration(synced, source, new_database())
+
+
+def _without_d1_cascade(path: Path, statements: list[str]) -> None:
+    """Changes made with SQLite's foreign keys off (D1 enforcing none, or an FK without an ON
+    DELETE action): a deleted parent leaves its children behind in D1."""
+    with sqlite3.connect(path, isolation_level=None) as d1:
+        d1.execute("PRAGMA foreign_keys = OFF")
+        for statement in statements:
+            d1.execute(statement)
+
+
+def test_a_user_deleted_in_d1_cascades_without_a_full_pass(tmp_path, new_database):
+    """D1 cascades an account deletion to every table, and so does Postgres: each table's own
+    shadow comparison sees the deleted rows, so no table needs a full pass. Through a Dagster
+    run, as the schedule syncs: the run's metadata names each table's mode."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=30, seed=11)
+    synced = new_database()
+    d1, target = D1Source(path=str(source)), PostgresTarget(url=as_url(synced))
+    state = SyncSettings(state_dir=str(tmp_path / "state"))
+    assert materialize_all(d1, target, sync=state).success
+    doomed = first(
+        source,
+        "SELECT user_id FROM habit_logs WHERE user_id IN (SELECT user_id FROM calendar_events) "
+        "AND user_id IN (SELECT user_id FROM feedback) ORDER BY rowid LIMIT 1",
+    )
+    reached = {
+        name: first(source, f"SELECT count(*) FROM {name} WHERE user_id = '{doomed}'")
+        for name in ("habits", "habit_logs", "calendar_events", "feedback")
+    }
+    assert all(reached.values()), reached
+    mutate(source, [f"DELETE FROM users WHERE id = '{doomed}'"])  # D1 cascades, SET NULL too
+    assert first(source, f"SELECT count(*) FROM habits WHERE user_id = '{doomed}'") == 0
+
+    summary = materialize_all(d1, target, sync=state)
+    assert summary.success, summary.failure
+    assert {name: meta["mode"] for name, meta in summary.tables.items()} == {
+        t.name: "incremental" for t in SCHEMA.tables
+    }
+    assert summary.tables["users"]["deleted"] == 1
+    judged = [c for c in summary.checks if c.check in (MATCHES_D1, "row_parity", "no_orphaned_fks")]
+    assert len(judged) > 2 * len(SCHEMA.tables) and all(c.passed for c in judged)
+    assert_like_fresh_migration(synced, source, new_database())
+
+
+def test_a_parent_deleted_without_cascade_in_d1_quarantines_the_orphans(tmp_path, new_database):
+    """Postgres cascades a deleted user to its habits and logs and sets the feedback's user to
+    NULL; D1, not cascading, keeps them with their user_id: a fresh migration quarantines them
+    as orphans, and so must the re-sync, although their D1 rows did not change."""
+    source = new_d1(
+        tmp_path / "d1.sqlite",
+        [
+            "INSERT INTO users (id, email, created_at) VALUES ('u1', 'u1@x', '2026-01-06')",
+            "INSERT INTO users (id, email, created_at) VALUES ('u2', 'u2@x', '2026-01-06')",
+            "INSERT INTO habits (id, user_id, name) VALUES ('h1', 'u1', 'Read')",
+            "INSERT INTO habits (id, user_id, name) VALUES ('h2', 'u2', 'Run')",
+            "INSERT INTO habit_logs (id, habit_id, user_id, completed_at) "
+            "VALUES ('l1', 'h1', 'u1', '2026-02-01T08:00:00Z')",
+            "INSERT INTO feedback (id, user_id, type, message) VALUES ('f1', 'u1', 'bug', 'x')",
+        ],
+    )
+    synced, shadow = new_database(), tmp_path / "shadow.sqlite"
+    sync(synced, source, shadow, incremental=True)
+    _without_d1_cascade(source, ["DELETE FROM users WHERE id = 'u1'"])
+    results = sync(synced, source, shadow, incremental=True)
+    assert {r.mode for r in results.values()} == {"incremental"}
+    assert results["users"].deleted == 1
+    assert results["habits"].reasons == {"missing_parent": 1}
+    assert results["habits"].considered == 1  # h1, unchanged in D1; not h2
+    assert results["habit_logs"].quarantined == 1
+    assert results["feedback"].reasons == {"missing_parent": 1}
+    assert_like_fresh_migration(synced, source, new_database())
+
+
+def test_a_parent_turning_bad_quarantines_what_postgres_cascaded(tmp_path, new_database):
+    """A user now quarantined leaves Postgres, which cascades to its habits (and their logs)
+    and to the events below its events: rows D1 did not change become parent_quarantined."""
+    source = new_d1(
+        tmp_path / "d1.sqlite",
+        [
+            "INSERT INTO users (id, email, created_at) VALUES ('u1', 'u1@x', '2026-01-06')",
+            "INSERT INTO users (id, email, created_at) VALUES ('u2', 'u2@x', '2026-01-06')",
+            "INSERT INTO habits (id, user_id, name) VALUES ('h1', 'u1', 'Read')",
+            "INSERT INTO habit_logs (id, habit_id, user_id, completed_at) "
+            "VALUES ('l1', 'h1', 'u2', '2026-02-01T08:00:00Z')",  # reached through h1 only
+            "INSERT INTO calendar_events (id, user_id, title, start_time) "
+            "VALUES ('c1', 'u1', 'E', '2026-01-07 09:00:00')",
+            "INSERT INTO calendar_events (id, user_id, title, start_time, parent_event_id) "
+            "VALUES ('c2', 'u2', 'E', '2026-01-07 09:00:00', 'c1')",  # through c1 only
+        ],
+    )
+    synced, shadow = new_database(), tmp_path / "shadow.sqlite"
+    sync(synced, source, shadow, incremental=True)
+    mutate(source, ["UPDATE users SET created_at = 'yesterday' WHERE id = 'u1'"])
+    results = sync(synced, source, shadow, incremental=True)
+    assert {r.mode for r in results.values()} == {"incremental"}
+    assert results["users"].reasons == {"bad_datetime": 1}
+    assert results["habits"].reasons == {"parent_quarantined": 1}
+    assert results["habit_logs"].reasons == {"parent_quarantined": 1}
+    assert results["calendar_events"].reasons == {"parent_quarantined": 2}
+    assert_like_fresh_migration(synced, source, new_database())
+
+    mutate(source, ["UPDATE users SET created_at = '2026-01-08' WHERE id = 'u1'"])  # fixed
+    results = sync(synced, source, shadow, incremental=True)
+    assert {r.mode for r in results.values()} == {"incremental"}
+    assert results["habit_logs"].inserted == 1
+    assert_like_fresh_migration(synced, source, new_database())
+
+
+def test_a_cascaded_row_that_names_no_source_row_means_a_full_pass(tmp_path, new_database):
+    """A recorded cascade entry that D1 lacks and the shadow does not see deleted: its key
+    did not name its source row, so only a full pass can tell what the table must hold."""
+    source = new_d1(
+        tmp_path / "d1.sqlite",
+        [
+            "INSERT INTO users (id, email, created_at) VALUES ('u1', 'u1@x', '2026-01-06')",
+            "INSERT INTO habits (id, user_id, name) VALUES ('h1', 'u1', 'Read')",
+        ],
+    )
+    synced, shadow = new_database(), tmp_path / "shadow.sqlite"
+    sync(synced, source, shadow, incremental=True)
+    with psycopg.connect(synced) as conn:
+        conn.execute("INSERT INTO d1_migration.cascaded_rows VALUES ('habits', 'h-unknown')")
+    results = sync(synced, source, shadow, incremental=True)
+    assert results["habits"].mode == "full" and results["users"].mode == "incremental"
+    with psycopg.connect(synced) as conn:
+        assert conn.execute("SELECT count(*) FROM d1_migration.cascaded_rows").fetchone()[0] == 0
     assert_like_fresh_migration(synced, source, new_database())
 
 
@@ -283,10 +420,12 @@ def _sync_through(route: str, url: str, source: Path, state: SyncSettings) -> No
 
 def _assert_matches_d1_everywhere(url: str, source: Path) -> None:
     """No false alarm from the content check on any state the property reaches, whole or in
-    either half (a duplicate's twin, a self-reference's parent in the other half)."""
+    either half (a duplicate's twin, a self-reference's parent in the other half): halves of
+    blocks of rowids, as matches_d1 takes them, and of single rowids, which split these few
+    rows finely."""
     with psycopg.connect(url, autocommit=True) as conn, SqliteSource(source).snapshot() as snap:
         for table in SMALL.tables:
-            for part in (WHOLE, Slice(0, 2), Slice(1, 2)):
+            for part in (WHOLE, Slice(0, 2), Slice(1, 2), Slice(0, 2, 1), Slice(1, 2, 1)):
                 found = verify_table(conn, snap, table, SCHEMA, part)
                 assert found.passed, (table.name, str(part), found.samples)
 

@@ -39,6 +39,7 @@ def column_projections(table: Table, column: Column) -> list[tuple[str, str, pa.
 
 
 CHOSEN_ROWS = "temp.d1m_chosen_rows"  # filled by Snapshot.choose
+SLICE = "temp.d1m_slice"  # the rowid ranges of Snapshot.slice_rows
 
 
 def select_sql(table: Table, chosen: bool = False) -> str:
@@ -206,18 +207,51 @@ class Snapshot:
                 rowids.append(found[0])
         return rowids
 
-    def slice_rows(self, table: Table, index: int, count: int) -> tuple[list[int], set[str]]:
-        """Rowids and keys (source_pk_text) of every ``count``-th row by rowid, from ``index``:
-        a slice of the table that the next slices complete (verify/content.py)."""
-        keys = ", ".join(q(k) for k in table.source_pk)
+    def slice_rows(
+        self, table: Table, index: int, count: int, block: int = 1
+    ) -> tuple[list[int], set[str]]:
+        """Rowids and keys (source_pk_text) of the rows in every ``count``-th block of
+        ``block`` consecutive rowids (rowid // block), from block ``index``: a slice of the
+        table that the next slices complete (verify/content.py). Blocks of many rows are read
+        as rowid ranges, so a slice costs its own rows rather than a scan of the table."""
+        name, keys = q(table.name), ", ".join(q(k) for k in table.source_pk)
         rowids, pks = [], set()
-        for rowid, *key in self._conn.execute(
-            f"SELECT rowid, {keys} FROM main.{q(table.name)} "
-            "WHERE ((rowid % ?) + ?) % ? = ? ORDER BY rowid",
-            [count, count, count, index],
-        ):
+
+        def add(rowid: int, key: list) -> None:
             rowids.append(rowid)
             pks.add(source_pk_text([k.decode() if isinstance(k, bytes) else k for k in key], rowid))
+
+        low, high = self._conn.execute(f"SELECT min(rowid), max(rowid) FROM main.{name}").fetchone()
+        if low is None:
+            return rowids, pks
+        first = low // block + (index - low // block) % count  # the slice's first block
+        blocks = range(first, high // block + 1, count)
+        if block == 1:
+            for rowid, *key in self._conn.execute(
+                f"SELECT rowid, {keys} FROM main.{name} "
+                "WHERE ((rowid % ?) + ?) % ? = ? ORDER BY rowid",
+                [count, count, count, index],
+            ):
+                add(rowid, key)
+            return rowids, pks
+        if len(blocks) > 100_000:  # sparse rowids: one scan beats that many ranges
+            for rowid, *key in self._conn.execute(
+                f"SELECT rowid, {keys} FROM main.{name} ORDER BY rowid"
+            ):
+                if (rowid // block) % count == index:
+                    add(rowid, key)
+            return rowids, pks
+        self._conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {SLICE[5:]} (lo INTEGER, hi INTEGER)")
+        self._conn.execute(f"DELETE FROM {SLICE}")
+        self._conn.executemany(
+            f"INSERT INTO {SLICE} VALUES (?, ?)",
+            ((b * block, b * block + block - 1) for b in blocks),
+        )
+        for rowid, *key in self._conn.execute(
+            f"SELECT t.rowid, {', '.join(f't.{q(k)}' for k in table.source_pk)} FROM {SLICE} r "
+            f"CROSS JOIN main.{name} t WHERE t.rowid BETWEEN r.lo AND r.hi ORDER BY t.rowid"
+        ):
+            add(rowid, key)
         return rowids, pks
 
     def batches(

@@ -89,6 +89,20 @@ CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.sync_token (
 );
 INSERT INTO {BOOKKEEPING_SCHEMA}.sync_token (token)
     SELECT gen_random_uuid() WHERE NOT EXISTS (SELECT 1 FROM {BOOKKEEPING_SCHEMA}.sync_token);
+-- A target from before cascaded_rows verified slices of every N-th rowid, not of blocks of
+-- rowids (verify/content.py): its records do not say which rows were verified.
+DO $$ BEGIN
+    IF to_regclass('{BOOKKEEPING_SCHEMA}.cascaded_rows') IS NULL THEN
+        DELETE FROM {BOOKKEEPING_SCHEMA}.verified_slices;
+    END IF;
+END $$;
+-- Rows of a table that Postgres's ON DELETE CASCADE / SET NULL changed while an ancestor
+-- synced (target/load.py, record_cascade): the table's next sync judges them again.
+CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.cascaded_rows (
+    table_name TEXT NOT NULL,
+    source_pk TEXT NOT NULL,
+    PRIMARY KEY (table_name, source_pk)
+);
 CREATE TABLE IF NOT EXISTS {BOOKKEEPING_SCHEMA}.expected_catalog (
     fingerprint TEXT PRIMARY KEY,
     catalog JSONB NOT NULL,
@@ -110,6 +124,7 @@ BOOKKEEPING_RELATIONS = tuple(
         "verified_slices",
         "ref_map",
         "expected_catalog",
+        "cascaded_rows",
     )
 )
 BOOKKEEPING_COLUMNS = (("sync_state", "changed_at"), ("sync_state", "generation"))

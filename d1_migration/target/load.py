@@ -11,9 +11,17 @@ An incremental load runs the same steps on a scope: the rows the shadow (sync/sh
 changed or deleted, plus the rows in quarantine when the table or an ancestor changed since the
 table's last sync. Its result must equal a full load's, so rows the changes can reach join the
 scope (rows sharing a UNIQUE value with a scoped row, rows referring to one through the table's
-own FKs), and where that cannot be done (an ancestor table removed rows since this table's last
-sync, and Postgres cascaded them; a key held by a target row with no source row) the load falls
-back to a full one.
+own FKs), and where that cannot be done (a key held by a target row with no source row) the load
+falls back to a full one.
+
+Rows an ancestor's sync removed from Postgres reach descendants through ON DELETE CASCADE and
+SET NULL, outside the descendants' scopes. Where D1 cascaded too, each descendant's shadow
+comparison sees those rows as deleted; the rest (a parent quarantined now, or deleted in D1
+without D1 cascading) must be judged again, so before a scoped merge deletes rows it records
+which rows of which tables Postgres's ON DELETE is about to change (record_cascade: the same
+closure Postgres follows, found through the FK columns), and each of those tables takes them
+into its next scope. Only a removal that was not recorded (a full pass removed rows) sends the
+descendants through a full pass.
 """
 
 from __future__ import annotations
@@ -29,15 +37,17 @@ import pyarrow.csv as pacsv
 from psycopg.types.json import Jsonb
 
 from d1_migration.source.snapshot import ROWID, Snapshot, source_pk_text
-from d1_migration.spec.model import Kind, Schema, Table, q
+from d1_migration.spec.model import Column, Kind, Schema, Table, q
 from d1_migration.sync.shadow import Changes, Shadow
-from d1_migration.target.ddl import BOOKKEEPING_SCHEMA, SYNC_STATE, create_index_sql
+from d1_migration.target.ddl import BOOKKEEPING_SCHEMA, SYNC_STATE, create_index_sql, load_order
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Reject, convert_batch, uuid_for
 
 BATCH_ROWS = 50_000
 REJECTED = f"{BOOKKEEPING_SCHEMA}.rejected_rows"
 ID_MAP = f"{BOOKKEEPING_SCHEMA}.id_map"
 REF_MAP = f"{BOOKKEEPING_SCHEMA}.ref_map"
+CASCADED = f"{BOOKKEEPING_SCHEMA}.cascaded_rows"  # see record_cascade
+ON_DELETE_ACTIONS = ("CASCADE", "SET NULL")  # what ON DELETE does to other rows
 
 
 @dataclass
@@ -76,6 +86,7 @@ class TableLoad:
         self.considered = 0
         self.scope_pks: set[str] = set()  # source rows a scoped load covers (source_pk_text)
         self.maps_ids = table.column(table.primary_key[0]).kind is Kind.ID
+        self.cascade_recorded = False  # a scoped merge's removals were followed (record_cascade)
 
     def create_stage(self) -> None:
         cols = [f"{q(c.name)} {c.pg_type}" for c in self.columns]
@@ -404,10 +415,7 @@ class TableLoad:
         join = " AND ".join(f"s.{q(k)} = t.{q(k)}" for k in self.table.primary_key)
         restaged = f"EXISTS (SELECT 1 FROM {self.stage} s WHERE {join})"
         if self.scoped:  # only rows of the scope leave: gone from D1, or now quarantined
-            deleted = self.conn.execute(
-                f"DELETE FROM {target} t USING {self.touched} k "
-                f"WHERE {self._same_row('t', 'k')} AND NOT {restaged}"
-            ).rowcount
+            deleted = self._scoped_delete(target, restaged)
         else:
             deleted = self.conn.execute(f"DELETE FROM {target} t WHERE NOT {restaged}").rowcount
         updates = [q(c.name) for c in self.columns if c.name not in self.table.primary_key]
@@ -426,6 +434,18 @@ class TableLoad:
                 SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up"""
         ).fetchone()
         return inserted, updated, deleted
+
+    def _scoped_delete(self, target: str, restaged: str) -> int:
+        """Delete the scope's rows that leave the target, having recorded first which rows of
+        other tables Postgres's ON DELETE changes with them (record_cascade)."""
+        leaving = (
+            f"{target} t JOIN {self.touched} k ON {self._same_row('t', 'k')} AND NOT {restaged}"
+        )
+        self.cascade_recorded = record_cascade(self.conn, self.schema, self.table, leaving)
+        return self.conn.execute(
+            f"DELETE FROM {target} t USING {self.touched} k "
+            f"WHERE {self._same_row('t', 'k')} AND NOT {restaged}"
+        ).rowcount
 
     def _bulk_insert(self, target: str, cols: str) -> int:
         """First load: secondary indexes are rebuilt once rather than maintained row by row
@@ -539,6 +559,102 @@ def ancestors(schema: Schema, table: Table) -> set[str]:
     return found
 
 
+def _on_delete_edges(schema: Schema, parent: str) -> list[tuple[Table, Column]]:
+    """The FKs referring to ``parent`` whose ON DELETE changes the referring rows."""
+    return [
+        (child, column)
+        for child in schema.tables
+        for column in child.foreign_keys
+        if column.parent[0] == parent and (column.on_delete or "").upper() in ON_DELETE_ACTIONS
+    ]
+
+
+def _source_identity(table: Table, alias: str) -> str | None:
+    """SQL naming the source row (source_pk_text) of the target row ``alias`` of ``table``:
+    its original id, or its text key as it is; None for keys SQL cannot name so (composite)."""
+    if len(table.primary_key) != 1:
+        return None
+    pk = table.column(table.primary_key[0])
+    if pk.kind is Kind.ID:
+        return (
+            f"coalesce((SELECT m.source_id FROM {ID_MAP} m WHERE m.source_table = "
+            f"'{table.name}' AND m.target_id = {alias}.{q(pk.name)}), {alias}.{q(pk.name)}::text)"
+        )
+    return f"{alias}.{q(pk.name)}" if pk.kind is Kind.TEXT else None
+
+
+def _cascade_closure(schema: Schema, table: Table) -> list[Table]:
+    """The tables whose rows a delete from ``table`` can change through ON DELETE, in load
+    order (``table`` first)."""
+    reached, todo = {table.name}, [table.name]
+    while todo:
+        for child, _ in _on_delete_edges(schema, todo.pop()):
+            if child.name not in reached:
+                reached.add(child.name)
+                todo.append(child.name)
+    return [t for t in load_order(schema) if t.name in reached]
+
+
+def record_cascade(conn: psycopg.Connection, schema: Schema, table: Table, leaving: str) -> bool:
+    """Before rows of ``table`` are deleted (``leaving``: a FROM clause giving them as ``t``),
+    record in CASCADED the source rows of every other table that ON DELETE CASCADE or SET NULL
+    will then change, at any depth, for those tables' next syncs (_incremental_load). This
+    follows the FKs as Postgres will, on the target's values before the delete, one join on
+    the FK column per FK. Returns False, recording nothing, where a reached table's key cannot
+    name its source row: the tables below then need a full pass."""
+    closure = _cascade_closure(schema, table)
+    if any(_source_identity(t, "c") is None for t in closure[1:]):
+        return False
+    refs = {t.name: {c.parent[1] for _, c in _on_delete_edges(schema, t.name)} for t in closure}
+    if not refs[table.name]:
+        return True  # no ON DELETE refers to it
+
+    def columns(t: Table) -> list[str]:  # what a table's leaving rows are kept as
+        return sorted({*t.primary_key, *refs[t.name]})
+
+    gone: dict[str, str] = {}  # table -> temporary table of its rows that leave
+
+    def create(t: Table, select: str) -> int:
+        gone[t.name] = q(f"_d1m_gone_{t.name}")
+        conn.execute(f"DROP TABLE IF EXISTS {gone[t.name]}")
+        return conn.execute(f"CREATE TEMP TABLE {gone[t.name]} ON COMMIT DROP AS {select}").rowcount
+
+    if not conn.execute(f"SELECT EXISTS (SELECT 1 FROM {leaving})").fetchone()[0]:
+        return True  # most scoped merges remove nothing: no temporary table for them
+    cols = ", ".join(f"t.{q(c)}" for c in columns(table))
+    create(table, f"SELECT DISTINCT {cols} FROM {leaving}")
+    grown = {table.name}  # tables with leaving rows not followed yet
+    for parent in closure:  # load order: a table's parents are done before it
+        while parent.name in grown:  # again when a self-reference adds rows
+            grown.discard(parent.name)
+            conn.execute(f"ANALYZE {gone[parent.name]}")
+            for child, column in _on_delete_edges(schema, parent.name):
+                hit = (
+                    f"FROM {q(child.name)} c WHERE c.{q(column.name)} IN "
+                    f"(SELECT {q(column.parent[1])} FROM {gone[parent.name]})"
+                )
+                if child.name != table.name:  # the table's own scope holds its own rows
+                    conn.execute(
+                        f"""INSERT INTO {CASCADED} (table_name, source_pk)
+                            SELECT %s, {_source_identity(child, "c")} {hit}
+                            ON CONFLICT DO NOTHING""",
+                        [child.name],
+                    )
+                if column.on_delete.upper() != "CASCADE" or not refs[child.name]:
+                    continue  # SET NULL keeps the row; nothing refers to a deleted one
+                keep = ", ".join(f"c.{q(c)}" for c in columns(child))
+                if child.name not in gone:
+                    create(child, f"SELECT {keep} FROM {q(child.name)} c WHERE false")
+                new = " AND ".join(f"g.{q(k)} = c.{q(k)}" for k in child.primary_key)
+                added = conn.execute(
+                    f"""INSERT INTO {gone[child.name]} SELECT DISTINCT {keep} {hit}
+                        AND NOT EXISTS (SELECT 1 FROM {gone[child.name]} g WHERE {new})"""
+                ).rowcount
+                if added:
+                    grown.add(child.name)
+    return True
+
+
 @dataclass(frozen=True)
 class Upstream:
     """What the table's ancestors did since the table last synced."""
@@ -604,6 +720,28 @@ def _full_load(
     return load, _finish(load, snapshot, run_id)
 
 
+def _cascaded(
+    conn: psycopg.Connection, snapshot: Snapshot, table: Table, changes: Changes
+) -> tuple[list[str], list[int]]:
+    """The source rows of ``table`` whose target rows an ancestor's ON DELETE changed since
+    the table's last sync (record_cascade), and the rowids of those D1 still has. Raises
+    NeedsFullLoad for one that D1 lacks and the shadow does not see deleted: its key did not
+    name its source row."""
+    pks = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT source_pk FROM {CASCADED} WHERE table_name = %s", [table.name]
+        )
+    ]
+    rowids, deleted = [], set(changes.deleted_pks)
+    for pk in pks:
+        found = snapshot.rowids_of(table, [pk])
+        if not found and pk not in deleted:
+            raise NeedsFullLoad
+        rowids += found
+    return pks, rowids
+
+
 def _incremental_load(
     conn: psycopg.Connection,
     snapshot: Snapshot,
@@ -615,8 +753,9 @@ def _incremental_load(
     upstream_changed: bool,
 ) -> tuple[TableLoad, Counts, list[int], Changes]:
     changes = shadow.changes(table)
+    cascaded, cascaded_rowids = _cascaded(conn, snapshot, table, changes)
     retry = []
-    if changes or upstream_changed:  # otherwise every quarantined row would fail as it did
+    if changes or upstream_changed or cascaded:  # else each quarantined row fails as it did
         retry = [
             r[0]
             for r in conn.execute(
@@ -625,7 +764,9 @@ def _incremental_load(
             )
         ]
     load = TableLoad(conn, table, schema, scoped=True)
-    rowids = sorted(set(changes.rowids) | set(snapshot.rowids_of(table, retry)))
+    rowids = sorted(
+        set(changes.rowids) | set(snapshot.rowids_of(table, retry)) | set(cascaded_rowids)
+    )
     if not rowids and not changes.deleted:
         return load, (0, 0, 0, 0), [], changes
     # A scope is small and the target's pages are cached: probing its indexes beats scanning it,
@@ -634,7 +775,7 @@ def _incremental_load(
     conn.execute("SET LOCAL jit = off")  # compiling costs ~150 ms a query, more than a scope
     load.create_stage()
     temporary_indexes = load.index_self_references()
-    load.scope_pks = {*changes.source_pks, *retry, *changes.deleted_pks}
+    load.scope_pks = {*changes.source_pks, *retry, *changes.deleted_pks, *cascaded}
     load.touch_deleted(changes.deleted)
     load.stage_rows(snapshot, batch_rows, rowids)
     rowids += load.widen_scope(snapshot, batch_rows)
@@ -688,6 +829,10 @@ def migrate_table(
         # start, so that a descendant whose sync began before this commit looks again. The
         # generation tells the shadow, written after this commit, whether it caught up.
         changed = mode == "full" or load.considered > 0 or bool(changes.deleted)
+        # What an ancestor's ON DELETE did here is judged now (both modes judge those rows).
+        conn.execute(f"DELETE FROM {CASCADED} WHERE table_name = %s", [table.name])
+        # A removal whose cascade was recorded reaches the descendants through CASCADED.
+        uncovered = removed > 0 and not load.cascade_recorded
         generation = conn.execute(
             f"""INSERT INTO {SYNC_STATE} AS s (table_name, mode, synced_at, removed_at,
                     changed_at, generation)
@@ -698,7 +843,7 @@ def migrate_table(
                     changed_at = coalesce(EXCLUDED.changed_at, s.changed_at),
                     generation = s.generation + 1
                 RETURNING generation""",
-            {"t": table.name, "m": mode, "r": removed > 0, "c": changed},
+            {"t": table.name, "m": mode, "r": uncovered, "c": changed},
         ).fetchone()[0]
         # Before the shadow's commit ends this snapshot, and before Postgres's: whatever fails
         # after that commit is the shadow's alone, and said so.

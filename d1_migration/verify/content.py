@@ -9,17 +9,19 @@ IS DISTINCT FROM), the expected quarantine with the open entries of d1_migration
 ref_map. Nothing here reads the shadow: a stale shadow, a row edited by hand in Postgres or
 a lost write all show up as differences.
 
-A whole-table verification proves the table. A *slice* (every ``count``-th D1 rowid, from
-``index``) proves the slice's rows and the target rows at their keys; the rows a slice's rows
-can reach are judged with them, as an incremental load would (rows sharing a UNIQUE value,
-rows referring to them through the table's own FKs). A target row that no D1 row accounts for
-is found by a whole-table verification, or by row_parity's count when it is not balanced by
-a missing row, which its slice then finds. Slices rotate (the one verified longest ago goes
-next), so every row is verified within ``count`` syncs.
+A whole-table verification proves the table. A *slice* (every ``count``-th block of ``block``
+consecutive D1 rowids, from block ``index``: contiguous rowid ranges, so reading a slice costs its
+own rows, not a scan of the table) proves the slice's rows and the target rows at their keys; the
+rows a slice's rows can reach are judged with them, as an incremental load would (rows sharing a
+UNIQUE value, rows referring to them through the table's own FKs). A target row that no D1 row
+accounts for is found by a whole-table verification, or by row_parity's count when it is not
+balanced by a missing row, which its slice then finds. Slices rotate (the one verified longest ago
+goes next), so every row is verified within ``count`` syncs.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -33,14 +35,17 @@ from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT
 
 VERIFIED = f"{BOOKKEEPING_SCHEMA}.verified_slices"
 SAMPLE = 20
+SLICE_BLOCK = 64  # consecutive rowids a slice takes at a time: a few leaf pages of D1
 
 
 @dataclass(frozen=True)
 class Slice:
-    """Every ``count``-th D1 rowid, starting at ``index``; count 1 is the whole table."""
+    """Every ``count``-th block of ``block`` consecutive D1 rowids, starting at block
+    ``index``; count 1 is the whole table."""
 
     index: int = 0
     count: int = 1
+    block: int = SLICE_BLOCK
 
     @property
     def whole(self) -> bool:
@@ -121,7 +126,7 @@ class _Comparison:
             load.stage_rows(self.snapshot, BATCH_ROWS)
         else:
             rowids, load.scope_pks = self.snapshot.slice_rows(
-                self.table, self.part.index, self.part.count
+                self.table, self.part.index, self.part.count, self.part.block
             )
             load.stage_rows(self.snapshot, BATCH_ROWS, rowids)
             load.widen_scope(self.snapshot, BATCH_ROWS)
@@ -195,10 +200,10 @@ class _Comparison:
             raw[r.rowid].source_pk: (r.code, r.column, r.reason, raw[r.rowid].values)
             for r in load.rejects
         }
-        in_scope = "" if self.part.whole else "AND source_pk = ANY(%s)"
+        in_scope = "" if self.part.whole else f"AND source_pk IN ({_listed('%s')})"
         params: list = [self.table.name]
         if not self.part.whole:
-            params.append(sorted(load.scope_pks | set(expected)))
+            params.append(_keys(load.scope_pks | set(expected)))
         actual = {
             row[0]: tuple(row[1:])
             for row in self.conn.execute(
@@ -231,12 +236,13 @@ class _Comparison:
         recorded = f"SELECT source_id AS k, target_id FROM {ID_MAP} WHERE source_table = %(t)s"
         if not self.part.whole:
             recorded += (
-                f" AND (source_id = ANY(%(scope)s) OR target_id IN (SELECT {pk} FROM {load.stage}))"
+                f" AND (source_id IN ({_listed('%(scope)s')}) "
+                f"OR target_id IN (SELECT {pk} FROM {load.stage}))"
             )
         differing = self._differing(
             f"SELECT {SOURCE_ID} AS k, {pk} FROM {load.stage} WHERE {SOURCE_ID} IS NOT NULL",
             recorded,
-            {"t": self.table.name, "scope": sorted(load.scope_pks)},
+            {"t": self.table.name, "scope": _keys(load.scope_pks)},
         )
         self.found.id_map_differences += len(differing)
         for source_id in differing[:SAMPLE]:
@@ -272,6 +278,17 @@ class _Comparison:
             params,
         )
         return [key for (key,) in rows]
+
+
+def _keys(keys: set[str]) -> str:
+    """A slice's source keys as one JSON array (see _listed)."""
+    return json.dumps(list(keys), ensure_ascii=False)
+
+
+def _listed(param: str) -> str:
+    """SQL for the keys of the _keys() ``param``: as a text[] parameter, psycopg encodes (in
+    Python) a list of a slice's size more slowly than the comparisons that read it run."""
+    return f"SELECT json_array_elements_text({param}::json)"
 
 
 # -- which slice next, and when a table was last verified whole -----------------------------
