@@ -40,6 +40,7 @@ from d1_migration_tests.helpers import as_url
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright: the dev extra")
 Page, expect = playwright.Page, playwright.expect
+expect.set_options(timeout=30_000)  # not 5 s: on a loaded 2-core machine the UI takes longer
 
 PROJECT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
