@@ -70,7 +70,7 @@ def _convert_column(
         name,
         wrong,
         "wrong_type",
-        sentence(
+        lambda: sentence(
             f"{label} holds a ",
             pc.take(CLASS_NAMES, cls),
             f" value where {kind.expected} is required; correct it in D1",

@@ -19,6 +19,7 @@ import pytest
 from dagster import AssetKey, Definitions, build_schedule_context
 
 from d1_migration import definitions
+from d1_migration.defs.keys import source_key
 from d1_migration.spec.tables import SCHEMA
 
 SNAPSHOT = Path(__file__).with_name("snapshots") / "definitions.json"
@@ -39,7 +40,8 @@ def _key(key: AssetKey) -> str:
 
 
 def shape(defs: Definitions) -> dict:
-    """What a reviewer should see change: assets with their deps, group, kinds and checks;
+    """What a reviewer should see change: assets with their deps, group, kinds, how they are
+    executed (observed or materialized) and checks;
     jobs with their ops (and pools), selection, run config and tags; schedules."""
     graph = defs.resolve_asset_graph()
     checks: dict[str, list[str]] = {}
@@ -56,6 +58,7 @@ def shape(defs: Definitions) -> dict:
             "deps": sorted(_key(dep.asset_key) for dep in spec.deps),
             "group": spec.group_name,
             "kinds": sorted(spec.kinds),
+            "execution": graph.get(spec.key).execution_type.value,  # observed or materialized
             "checks": sorted(checks.pop(_key(spec.key), [])),
         }
         for spec in defs.resolve_all_asset_specs()
@@ -106,14 +109,18 @@ def test_every_table_is_a_source_and_a_target_asset_shaped_by_the_spec(defs):
     graph = {_key(spec.key): spec for spec in defs.resolve_all_asset_specs()}
     asset_checks = defs.resolve_asset_graph().asset_check_keys
     names = [t.name for t in SCHEMA.tables]
-    assert set(graph) == {f"d1/{n}" for n in names} | {f"pg/{n}" for n in names}
+    assert set(graph) == {_key(source_key(n)) for n in names} | {f"pg/{n}" for n in names}
     for table in SCHEMA.tables:
         fks = [c.references.split(".")[0] for c in table.columns if c.references]
-        source, target = graph[f"d1/{table.name}"], graph[f"pg/{table.name}"]
-        assert (source.group_name, source.kinds, source.deps) == (table.section, {"sqlite"}, [])
+        source, target = graph[_key(source_key(table.name))], graph[f"pg/{table.name}"]
+        assert (source.group_name, source.kinds, source.deps) == (
+            table.section,
+            {"cloudflare", "sqlite"},
+            [],
+        )
         assert target.group_name == table.section, table.name
         assert target.kinds == {"postgres"}, table.name
-        assert {_key(d.asset_key) for d in target.deps} == {f"d1/{table.name}"} | {
+        assert {_key(d.asset_key) for d in target.deps} == {_key(source_key(table.name))} | {
             f"pg/{parent}" for parent in fks if parent != table.name
         }, table.name
         expected = TABLE_CHECKS | ({"no_orphaned_fks"} if fks else set())

@@ -13,7 +13,7 @@ import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
 from d1_migration.definitions import ASSET_CHECKS, ASSETS
-from d1_migration.defs.keys import source_key
+from d1_migration.defs.keys import source_key, table_of
 from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db, sqlite_ddl
 from d1_migration.runner import materialize_all
@@ -344,7 +344,7 @@ def test_source_schema_checks_show_drift_on_each_d1_asset(tmp_path):
         instance=DagsterInstance.ephemeral(), raise_on_error=False
     )
     outcomes = {
-        e.event_specific_data.asset_key.path[-1]: e.event_specific_data
+        table_of(e.event_specific_data.asset_key): e.event_specific_data
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     }

@@ -10,16 +10,18 @@ Each check still shows on its own asset in the UI and can be run alone. What eac
 computes lives in verify/checks.py.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
     AssetChecksDefinition,
+    AssetCheckSeverity,
     AssetCheckSpec,
     MetadataValue,
     multi_asset_check,
@@ -40,7 +42,7 @@ from d1_migration.verify.checks import (
     table_check_results,
     wallet_drift,
 )
-from d1_migration.verify.drift import schema_drift
+from d1_migration.verify.drift import Drift, schema_drift
 
 
 def check_specs(schema: Schema) -> list[AssetCheckSpec]:
@@ -148,15 +150,48 @@ class CheckRunner:
         self._worker.shutdown(cancel_futures=True)
 
 
+SOURCE_CHECK_DESCRIPTION = "D1's columns and declared types are the ones the spec reads"
+
+
+def _source_check_metadata(table: Table, drift: Drift) -> dict:
+    unknown = [p for p in drift.problems if p.startswith("unknown table")]
+    return {
+        "problems": MetadataValue.json(drift.by_table.get(table.name, [])),
+        "unknown_tables_in_d1": MetadataValue.json(unknown),
+        "skipped_internal_tables": MetadataValue.json(drift.skipped),
+    }
+
+
+def source_check_evaluations(tables: Iterable[Table], drift: Drift) -> list[AssetCheckEvaluation]:
+    """The ``schema_matches_spec`` results of the D1 sources of ``tables``, from the drift check
+    the table step makes before any data moves: logged by that step, so that every sync (
+    Materialize all, the jobs, the schedule) leaves each source's check run, although the UI's
+    Materialize all selects only the checks of the ``pg/`` assets it materializes."""
+    return [
+        AssetCheckEvaluation(
+            asset_key=source_key(table.name),
+            check_name=SCHEMA_MATCHES,
+            passed=not drift.by_table.get(table.name),
+            metadata=_source_check_metadata(table, drift),
+            severity=AssetCheckSeverity.ERROR,
+            description=None
+            if not drift.by_table.get(table.name)
+            else "; ".join(drift.by_table[table.name]),
+        )
+        for table in tables
+    ]
+
+
 def build_source_checks(schema: Schema) -> AssetChecksDefinition:
-    """Schema drift on each D1 source asset, to run from the UI on its own. (The load step
-    checks the same before any data moves, however the run was started.)"""
+    """Schema drift on each D1 source asset, to run from the UI on its own. (The table step
+    checks the same before any data moves, however the run was started, and records these
+    checks' results: source_check_evaluations.)"""
     specs = [
         AssetCheckSpec(
             SCHEMA_MATCHES,
             asset=source_key(t.name),
             blocking=True,
-            description="D1's columns and declared types are the ones the spec reads",
+            description=SOURCE_CHECK_DESCRIPTION,
         )
         for t in schema.tables
     ]
@@ -167,7 +202,6 @@ def build_source_checks(schema: Schema) -> AssetChecksDefinition:
     ) -> Iterator[AssetCheckResult]:
         with d1.snapshot() as snapshot:
             drift = schema_drift(snapshot, schema, tuple(d1.skip_tables))
-        unknown = [p for p in drift.problems if p.startswith("unknown table")]
         for table in schema.tables:
             key = source_key(table.name)
             if AssetCheckKey(key, SCHEMA_MATCHES) not in context.selected_asset_check_keys:
@@ -177,11 +211,8 @@ def build_source_checks(schema: Schema) -> AssetChecksDefinition:
                 asset_key=key,
                 check_name=SCHEMA_MATCHES,
                 passed=not problems,
-                metadata={
-                    "problems": MetadataValue.json(problems),
-                    "unknown_tables_in_d1": MetadataValue.json(unknown),
-                    "skipped_internal_tables": MetadataValue.json(drift.skipped),
-                },
+                description="; ".join(problems) or None,
+                metadata=_source_check_metadata(table, drift),
             )
 
     return source_schema_checks

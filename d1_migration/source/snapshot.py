@@ -316,6 +316,7 @@ class SqliteSource:
             f"{self.path.resolve().as_uri()}?mode=ro",
             uri=True,
             isolation_level=None,
+            check_same_thread=False,  # a load reads ahead in a thread (target/first_load.py)
         )
         conn.text_factory = bytes
         try:

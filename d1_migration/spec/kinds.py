@@ -89,6 +89,10 @@ ARRAY_LITERAL = Projection(
 )
 
 
+# A reject's sentence per row, or a function that makes it (most batches fail no row).
+Reason = pa.Array | str | Callable[[], pa.Array | str]
+
+
 class Failures:
     """Accumulates, per row, the first failing column and code and every reason."""
 
@@ -97,10 +101,13 @@ class Failures:
         self.code = pa.nulls(n, pa.string())
         self.reason = pa.nulls(n, pa.string())
 
-    def add(self, column: str, mask: pa.Array, code: str, reason: pa.Array | str) -> None:
+    def add(self, column: str, mask: pa.Array, code: str, reason: Reason) -> None:
+        """``reason`` may be a function that makes it: called only when a row fails."""
         mask = pc.fill_null(mask, False)
         if not pc.any(mask).as_py():
             return
+        if callable(reason):
+            reason = reason()
         reason_arr = pc.if_else(mask, reason, pa.scalar(None, pa.string()))
         first = pc.and_(mask, pc.is_null(self.code))
         self.column = pc.if_else(first, column, self.column)
@@ -130,7 +137,7 @@ class ColumnBatch:
     def projection(self, suffix: str) -> pa.Array:
         return self.batch[f"{self.column.name}__{suffix}"]
 
-    def reject(self, mask: pa.Array, code: str, reason: pa.Array | str) -> None:
+    def reject(self, mask: pa.Array, code: str, reason: Reason) -> None:
         self.fail.add(self.column.name, mask, code, reason)
 
 
@@ -249,7 +256,7 @@ def _convert_integer(cb: ColumnBatch, raw: pa.Array) -> pa.Array:
     cb.reject(
         pc.invert(fits),
         "out_of_range",
-        sentence(
+        lambda: sentence(
             f"{cb.label} = ",
             pc.cast(raw, pa.string()),
             " is beyond the range of INTEGER (-2147483648 to 2147483647)",
@@ -263,7 +270,9 @@ def _convert_boolean(cb: ColumnBatch, raw: pa.Array) -> pa.Array:
     cb.reject(
         pc.and_(pc.is_valid(raw), pc.invert(is_bit)),
         "bad_boolean",
-        sentence(f"{cb.label} = ", pc.cast(raw, pa.string()), " but a boolean flag must be 0 or 1"),
+        lambda: sentence(
+            f"{cb.label} = ", pc.cast(raw, pa.string()), " but a boolean flag must be 0 or 1"
+        ),
     )
     return pc.equal(raw, 1)
 
@@ -282,7 +291,9 @@ def _convert_enum(cb: ColumnBatch, text: pa.Array) -> pa.Array:
     cb.reject(
         pc.and_(pc.is_valid(text), pc.invert(ok)),
         "bad_enum",
-        sentence(f"{cb.label} = ", quoted(text), f" is not a {enum} ({', '.join(allowed)})"),
+        lambda: sentence(
+            f"{cb.label} = ", quoted(text), f" is not a {enum} ({', '.join(allowed)})"
+        ),
     )
     return text
 
@@ -292,7 +303,7 @@ def _convert_hex(cb: ColumnBatch, text: pa.Array) -> pa.Array:
     cb.reject(
         pc.invert(ok),
         "bad_hex",
-        sentence(f"{cb.label} = ", quoted(text), " is not hexadecimal text; fix it in D1"),
+        lambda: sentence(f"{cb.label} = ", quoted(text), " is not hexadecimal text; fix it in D1"),
     )
     return pc.binary_join_element_wise("\\x", text, "")
 
@@ -326,7 +337,7 @@ def _convert_jsonb(cb: ColumnBatch, text: pa.Array) -> pa.Array:
     cb.reject(
         pc.invert(ok),
         "bad_json",
-        sentence(f"{cb.label} is not valid JSON: ", quoted(text), "; fix or NULL it in D1"),
+        lambda: sentence(f"{cb.label} is not valid JSON: ", quoted(text), "; fix or NULL it in D1"),
     )
     return text
 
@@ -337,7 +348,9 @@ def _convert_text_array(cb: ColumnBatch, text: pa.Array) -> pa.Array:
     cb.reject(
         pc.and_(pc.is_valid(text), pc.invert(ok)),
         "bad_text_array",
-        sentence(f"{cb.label} is not a JSON array of strings: ", quoted(text), "; fix it in D1"),
+        lambda: sentence(
+            f"{cb.label} is not a JSON array of strings: ", quoted(text), "; fix it in D1"
+        ),
     )
     # SQLite decodes a lone surrogate escape ("\ud800") into bytes that are not UTF-8.
     literal, unstorable = decode_utf8(cb.projection("array"))
@@ -520,7 +533,7 @@ def _parsed_datetime(cb: ColumnBatch, text: pa.Array) -> tuple[pa.Array, pa.Arra
         cb.reject(
             pc.equal(code, reason_code),
             reason_code,
-            sentence(f"{cb.label} = ", quoted(text), tail),
+            lambda tail=tail: sentence(f"{cb.label} = ", quoted(text), tail),
         )
     return micros, midnight
 
@@ -538,7 +551,7 @@ def _convert_date(cb: ColumnBatch, text: pa.Array) -> pa.Array:
     cb.reject(
         pc.and_(pc.is_valid(micros), pc.invert(midnight)),
         "date_has_time",
-        sentence(
+        lambda: sentence(
             f"{cb.label} = ",
             quoted(text),
             " has a time of day, which a DATE would drop; store the date only in D1",

@@ -593,6 +593,11 @@ def _full_load(
     run_id: str | None,
     batch_rows: int,
 ) -> tuple[TableLoad, Counts]:
+    from d1_migration.target.first_load import first_load  # it builds on TableLoad
+
+    if (fast := first_load(conn, snapshot, table, schema, batch_rows)) is not None:
+        fast[0].record_quarantine(snapshot, run_id)
+        return fast
     load = TableLoad(conn, table, schema)
     load.create_stage()
     load.stage_rows(snapshot, batch_rows)

@@ -4,6 +4,7 @@ functions of a Postgres connection returning Dagster check results. The asset ch
 (defs/asset_checks.py) and the cutover gate (cutover.py) both call them.
 """
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,8 @@ def orphaned_fks(conn: psycopg.Connection, table: Table) -> AssetCheckResult:
 
 
 def quarantine_summary(conn: psycopg.Connection, table: Table) -> AssetCheckResult:
-    """Rows held back from the target, by reason; a warning, not a failure of the copy."""
+    """Rows held back from the target, by reason, with the first of them as a Markdown table
+    (what the UI shows); a warning, not a failure of the copy."""
     rows = conn.execute(
         f"""SELECT reason_code, count(*), (array_agg(source_pk ORDER BY source_pk))[1:5]
             FROM {BOOKKEEPING_SCHEMA}.rejected_rows
@@ -88,21 +90,88 @@ def quarantine_summary(conn: psycopg.Connection, table: Table) -> AssetCheckResu
         [table.name],
     ).fetchall()
     total = sum(r[1] for r in rows)
+    metadata = {
+        "quarantined_rows": total,
+        "by_reason": MetadataValue.json({r[0]: r[1] for r in rows}),
+        "sample_source_pks": MetadataValue.json({r[0]: r[2] for r in rows}),
+    }
+    if total:
+        metadata["rows"] = MetadataValue.md(quarantine_markdown(conn, table, total))
+    metadata["inspect_with"] = MetadataValue.md(f"`{_open_rows_sql(table)}`")
     return AssetCheckResult(
         check_name=QUARANTINE,
         asset_key=target_key(table.name),
         passed=total == 0,
         severity=AssetCheckSeverity.WARN,
-        metadata={
-            "quarantined_rows": total,
-            "by_reason": MetadataValue.json({r[0]: r[1] for r in rows}),
-            "sample_source_pks": MetadataValue.json({r[0]: r[2] for r in rows}),
-            "inspect_with": MetadataValue.md(
-                f"`SELECT * FROM {BOOKKEEPING_SCHEMA}.rejected_rows WHERE source_table = "
-                f"'{table.name}' AND resolved_at IS NULL`"
-            ),
-        },
+        description=None
+        if total == 0
+        else f"{total} row(s) held back: "
+        + ", ".join(f"{r[1]} {r[0]}" for r in sorted(rows, key=lambda r: -r[1])),
+        metadata=metadata,
     )
+
+
+QUARANTINE_ROWS_SHOWN = 50
+EXCERPT_CHARS = 80
+
+
+def _open_rows_sql(table: Table) -> str:
+    return (
+        f"SELECT * FROM {BOOKKEEPING_SCHEMA}.rejected_rows WHERE source_table = "
+        f"'{table.name}' AND resolved_at IS NULL"
+    )
+
+
+def raw_excerpt(table: Table, column_name: str | None, raw_row: dict) -> str:
+    """The D1 value a quarantine entry is about (the whole raw row when it names no column),
+    as at most EXCERPT_CHARS characters. raw_row holds secret columns only as
+    ``{"$sha256": ...}`` (source/snapshot.py), so a raw session token cannot appear."""
+    names = {c.name: c.source_name for c in table.columns}
+    source = names.get(column_name) if column_name else None
+    if source and source in raw_row:
+        value = raw_row[source]
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    else:
+        text = json.dumps(raw_row, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+def _cell(text: object) -> str:
+    """Text safe inside a Markdown table cell: one line, no column break, no code span."""
+    flat = " ".join(str(text).split())
+    return flat.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`") or " "
+
+
+def quarantine_markdown(conn: psycopg.Connection, table: Table, total: int) -> str:
+    """The open quarantine entries of ``table`` (the first QUARANTINE_ROWS_SHOWN by D1 key) as
+    a Markdown table: Postgres key, D1 key, column, reason code, reason, the raw value."""
+    shown = conn.execute(
+        f"""SELECT target_pk, source_pk, column_name, reason_code, reason, raw_row
+            FROM {BOOKKEEPING_SCHEMA}.rejected_rows
+            WHERE source_table = %s AND resolved_at IS NULL
+            ORDER BY source_pk LIMIT %s""",
+        [table.name, QUARANTINE_ROWS_SHOWN],
+    ).fetchall()
+    pk = ", ".join(table.primary_key)
+    lines = [
+        f"| {pk} (Postgres) | D1 {', '.join(table.source_pk)} | column | reason code | reason "
+        "| raw value |",
+        "|---|---|---|---|---|---|",
+    ]
+    for target_pk, source_pk, column, code, reason, raw_row in shown:
+        cells = (
+            target_pk or "(none)",
+            source_pk,
+            column or "(row)",
+            code,
+            reason,
+            raw_excerpt(table, column, raw_row),
+        )
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if total > len(shown):
+        lines.append("")
+        lines.append(f"… and {total - len(shown)} more: `{_open_rows_sql(table)}`")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,676 @@
+"""First load into an empty table: one write. The rules decide in Arrow, the survivors are COPYed
+straight into the target.
+
+The staged path (load.py) COPYs every converted row into a temporary table, deletes there what
+Postgres would refuse (CHECKs, UNIQUE keys, FKs, derived NOT NULLs) and then INSERTs the rest into
+the target: every row is written twice, and Postgres checks each FK once per row through its
+trigger. Into an empty table the same decisions can be made on the batches as they stream by,
+because SQLite hands them over in rowid order and every rule keeps the lowest rowid:
+
+- CHECK expressions are evaluated on the converted columns (``arrow_check``: comparisons,
+  AND/OR/NOT, IS [NOT] NULL, with SQL's three-valued logic); a table with an expression this
+  does not read takes the staged path.
+- UNIQUE keys (the primary key first): a row is a duplicate when an earlier surviving row has
+  its key; the keys seen so far are kept per key (in a dict, with the rowid that was kept).
+- FKs to other tables: membership in the parent's key set, read from Postgres once per table
+  (parents load first). A table that refers to itself COPYs the rows that passed the checks and
+  keys, then runs load.py's orphan loop on them in Arrow and deletes the orphans it finds, FK
+  constraints being dropped for the load so that nothing cascades.
+- NOT NULL columns derived from a related row that gave no value.
+
+FK constraints are dropped before the COPY and added again after it (one validating join each,
+rather than a trigger call per row), secondary indexes are rebuilt after the load, all inside the
+table's transaction: atomic as before. id_map and ref_map entries are COPYed beside the rows.
+
+A value Postgres itself refuses (a JSON escape its jsonb does not take) fails its batch's COPY;
+the batch is rolled back to its savepoint, its rows are tried one by one into a staging table
+(TableLoad.copy, as the staged path does), and the batch is decided again without the refused
+rows. The one difference from the staged path: a row that Postgres would refuse *and* that a
+rule rejects first is quarantined under the rule's reason (the staged path names Postgres's),
+since it never reaches Postgres.
+
+Reading SQLite and converting (one core) overlaps with Postgres ingesting the previous batch
+(the other): a thread reads and converts ahead while this one decides and COPYs.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pgpq
+import pgpq.encoders
+import pgpq.schema
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from d1_migration.source.snapshot import ROWID, Snapshot
+from d1_migration.spec.model import Column, Kind, Schema, Table, q
+from d1_migration.target.ddl import create_index_sql
+from d1_migration.target.load import ID_MAP, REF_MAP, Counts, TableLoad, _csv
+from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Converted, Reject, convert_batch
+
+ENABLED = True  # False: every load takes the staged path (benchmarks and the equivalence test)
+BINARY = True  # False: CSV COPY for every table (benchmarks)
+READ_AHEAD = 2  # converted batches waiting for Postgres; each is one batch of memory
+
+# Kinds whose Arrow equality is Postgres's equality, and whose Arrow text is Postgres's ::text.
+_KEY_KINDS = {Kind.ID, Kind.TEXT, Kind.ENUM, Kind.INTEGER, Kind.BIGINT}
+# A TOKEN_HASH is '\\x' and a lower-case hex digest: equal text, equal bytes.
+_UNIQUE_KINDS = _KEY_KINDS | {Kind.BOOLEAN, Kind.DATE, Kind.TIMESTAMPTZ, Kind.TOKEN_HASH}
+
+
+# Kinds pgpq encodes in Postgres's binary COPY format (a table with another takes CSV).
+_BINARY_KINDS = {
+    Kind.ID,
+    Kind.TEXT,
+    Kind.ENUM,
+    Kind.INTEGER,
+    Kind.BIGINT,
+    Kind.BOOLEAN,
+    Kind.DOUBLE,
+    Kind.TIMESTAMPTZ,
+    Kind.DATE,
+    Kind.JSONB,
+}
+_NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def uuid_bytes(text: pa.Array) -> pa.Array | None:
+    """Canonical UUID text (what the ID kind gives) as 16-byte values, Postgres's binary uuid;
+    None where a value is not canonical."""
+    n = len(text)
+    filled = pc.fill_null(text, _NIL_UUID)
+    if n == 0 or not pc.all(pc.equal(pc.binary_length(filled), 36)).as_py():
+        return None if n else pa.array([], pa.binary(16))
+    filled = pa.concat_arrays([filled])  # offsets from 0, one contiguous data buffer
+    offsets = memoryview(filled.buffers()[1]).cast("i")
+    hex_text = filled.buffers()[2].to_pybytes()[offsets[0] : offsets[n]].replace(b"-", b"")
+    if len(hex_text) != 32 * n:
+        return None
+    try:
+        raw = bytes.fromhex(hex_text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw)])
+    return pc.if_else(pc.is_valid(text), values, pa.scalar(None, pa.binary(16)))
+
+
+class BinaryRows:
+    """A table's rows as a binary COPY stream (pgpq), or None where a column has no encoder."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self.columns = columns
+        fields, encoders = [], {}
+        for c in columns:
+            if c.kind is Kind.ID:
+                spec = pa.field(c.name, pa.binary(16))
+                encoders[c.name] = pgpq.encoders.FixedSizeBinaryEncoderBuilder(spec)
+            elif c.kind is Kind.JSONB:
+                spec = pa.field(c.name, pa.string())
+                encoders[c.name] = pgpq.encoders.StringEncoderBuilder.new_with_output(
+                    spec, pgpq.schema.Jsonb()
+                )
+            else:
+                spec = None
+            fields.append(spec)
+        self.fields, self.encoders = fields, encoders
+
+    def encode(self, rows: pa.Table) -> bytes | None:
+        arrays, fields = [], []
+        for c, spec in zip(self.columns, self.fields, strict=True):
+            values = rows[c.name].combine_chunks()
+            if c.kind is Kind.ID:
+                values = uuid_bytes(values)
+                if values is None:
+                    return None
+            arrays.append(values)
+            fields.append(spec or pa.field(c.name, values.type))
+        batch = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+        encoders = dict(self.encoders)
+        for spec in fields:
+            if spec.name not in encoders:
+                encoders[spec.name] = pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(spec)
+        encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(batch.schema, encoders)
+        return encoder.write_header() + encoder.write_batch(batch) + encoder.finish()
+
+
+# -- CHECK expressions in Arrow -----------------------------------------------------------
+
+_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z_0-9]*)|(>=|<=|<>|!=|=|<|>|\(|\)))")
+_COMPARE = {
+    "=": pc.equal,
+    "<>": pc.not_equal,
+    "!=": pc.not_equal,
+    "<": pc.less,
+    "<=": pc.less_equal,
+    ">": pc.greater,
+    ">=": pc.greater_equal,
+}
+Columns = dict[str, pa.Array]
+Expr = Callable[[Columns], "pa.Array | pa.Scalar"]
+
+
+class _Unreadable(ValueError):
+    pass
+
+
+def _tokens(expr: str) -> list[str]:
+    out, at = [], 0
+    while at < len(expr.rstrip()):
+        match = _TOKEN.match(expr, at)
+        if not match:
+            raise _Unreadable(expr)
+        out.append(match.group(match.lastindex))
+        at = match.end()
+    return out
+
+
+def arrow_check(expr: str, columns: set[str]) -> Expr | None:
+    """The CHECK expression as a function of the converted columns (None: not one this reads).
+    Its value is SQL's: NULL where an operand is NULL, so a row fails only where it is false."""
+    try:
+        tokens = _tokens(expr)
+    except _Unreadable:
+        return None
+    at = 0
+
+    def peek() -> str | None:
+        return tokens[at] if at < len(tokens) else None
+
+    def take(expected: str | None = None) -> str:
+        nonlocal at
+        if at >= len(tokens) or (expected and tokens[at].upper() != expected):
+            raise _Unreadable(expr)
+        at += 1
+        return tokens[at - 1]
+
+    def either() -> Expr:
+        left = both()
+        while (peek() or "").upper() == "OR":
+            take()
+            left = _binary(pc.or_kleene, left, both())
+        return left
+
+    def both() -> Expr:
+        left = negation()
+        while (peek() or "").upper() == "AND":
+            take()
+            left = _binary(pc.and_kleene, left, negation())
+        return left
+
+    def negation() -> Expr:
+        if (peek() or "").upper() == "NOT":
+            take()
+            inner = negation()
+            return lambda cols: pc.invert(inner(cols))
+        return comparison()
+
+    def comparison() -> Expr:
+        left = atom()
+        op = peek()
+        if op in _COMPARE:
+            take()
+            return _binary(_COMPARE[op], left, atom())
+        if (op or "").upper() == "IS":
+            take()
+            negate = (peek() or "").upper() == "NOT"
+            if negate:
+                take()
+            take("NULL")
+            test = pc.is_valid if negate else pc.is_null
+            return lambda cols: test(left(cols))
+        return left
+
+    def atom() -> Expr:
+        token = take()
+        word = token.upper()
+        if token == "(":
+            inner = either()
+            take(")")
+            return inner
+        if token.isdigit():
+            value = pa.scalar(int(token))
+            return lambda _: value
+        if word in ("TRUE", "FALSE"):
+            flag = pa.scalar(word == "TRUE")
+            return lambda _: flag
+        if token in columns:
+            return lambda cols: cols[token]
+        raise _Unreadable(expr)
+
+    try:
+        result = either()
+    except _Unreadable:
+        return None
+    return result if at == len(tokens) else None
+
+
+def _binary(op: Callable, left: Expr, right: Expr) -> Expr:
+    return lambda cols: op(left(cols), right(cols))
+
+
+# -- the load -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Decision:
+    """One batch's verdict: which rows go to Postgres, the rejects, the keys they claim."""
+
+    survivors: pa.Array  # boolean mask over the batch's good rows
+    rejects: list[Reject] = field(default_factory=list)
+    claimed: list[dict] = field(default_factory=list)  # per unique key: key -> kept rowid
+
+
+def _reason_rejects(rows: pa.Table, mask: pa.Array, make: Callable[[dict], Reject]) -> list:
+    return [make(row) for row in rows.filter(mask).to_pylist()]
+
+
+def eligible(table: Table) -> bool:
+    """Whether every rule of the table can be decided in Arrow (else: the staged path)."""
+    names = {c.name for c in table.source_columns}
+    key_kinds = [table.column(c).kind for cols in table.unique_keys for c in cols]
+    own = [c for c in table.foreign_keys if c.parent[0] == table.name]
+    return (
+        all(
+            arrow_check(expr, names) is not None
+            for expr in [c.check for c in table.columns if c.check] + [e for _, e in table.checks]
+        )
+        and all(k in _UNIQUE_KINDS for k in key_kinds)
+        and table.column(table.primary_key[0]).kind in _KEY_KINDS
+        and all(c.kind in (Kind.ID, Kind.TEXT) for c in table.foreign_keys)
+        and all(c in names for cols in table.unique_keys for c in cols)
+        and not (own and any(c.source_sql and not c.nullable for c in table.columns))
+    )
+
+
+class FirstLoad:
+    """The load of one empty table in one pass (see the module's docstring)."""
+
+    def __init__(self, load: TableLoad, snapshot: Snapshot, batch_rows: int) -> None:
+        self.load, self.snapshot, self.batch_rows = load, snapshot, batch_rows
+        self.conn, self.table = load.conn, load.table
+        table = self.table
+        self.target = q(table.name)
+        self.names = [c.name for c in load.columns]
+        self.pk = table.primary_key[0]
+        source = {c.name for c in table.source_columns}
+        self.checks = [(c.name, c.check) for c in table.columns if c.check]
+        self.checks += [(None, expr) for _, expr in table.checks]
+        self.check_fns = [arrow_check(expr, source) for _, expr in self.checks]
+        self.seen: list[dict] = [{} for _ in table.unique_keys]
+        self.own = [c for c in table.foreign_keys if c.parent[0] == table.name]
+        self.parent_keys: dict[str, pa.Array] = {}
+        self.held: list[pa.Table] = []  # own-FK tables: the COPYed rows' keys, judged at the end
+        self.copied = self.remapped = 0
+        self.staged = False
+        binary = BINARY and all(c.kind in _BINARY_KINDS for c in load.columns)
+        self.binary = BinaryRows(load.columns) if binary else None
+
+    # -- Postgres around the rows --
+
+    def _parent_keys(self, column: Column) -> pa.Array:
+        parent, parent_column = column.parent
+        sql = (
+            f"COPY (SELECT DISTINCT {q(parent_column)}::text FROM {q(parent)} "
+            f"WHERE {q(parent_column)} IS NOT NULL) TO STDOUT (FORMAT csv)"
+        )
+        with self.conn.cursor().copy(sql) as copy:
+            data = b"".join(bytes(chunk) for chunk in copy)
+        if not data:
+            return pa.array([], pa.string())
+        read = pacsv.read_csv(
+            pa.py_buffer(data),
+            read_options=pacsv.ReadOptions(column_names=["k"]),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"k": pa.string()}, strings_can_be_null=False
+            ),
+        )
+        return read["k"].combine_chunks()
+
+    def _foreign_keys(self) -> list[tuple[str, str]]:
+        """The table's FK constraints as Postgres has them: (name, definition)."""
+        return self.conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = %s::regclass AND contype = 'f' ORDER BY conname",
+            [self.target],
+        ).fetchall()
+
+    def run(self) -> Counts:
+        conn, table = self.conn, self.table
+        for column in table.foreign_keys:
+            if column.parent[0] != table.name:
+                self.parent_keys[column.name] = self._parent_keys(column)
+        constraints = self._foreign_keys()
+        for name, _ in constraints:
+            conn.execute(f"ALTER TABLE {self.target} DROP CONSTRAINT {q(name)}")
+        for index in table.indexes:
+            conn.execute(f"DROP INDEX IF EXISTS {q(index.name)}")
+        conn.execute(f"DELETE FROM {ID_MAP} WHERE source_table = %s", [table.name])
+        conn.execute(f"DELETE FROM {REF_MAP} WHERE source_table = %s", [table.name])
+
+        for batch_rows, converted in self._converted():
+            self.load.considered += batch_rows
+            self.load.rejects += converted.rejects
+            if converted.good.num_rows:
+                self._write(converted.good)
+        removed = self._judge_own_references()
+
+        for name, definition in constraints:
+            conn.execute(f"ALTER TABLE {self.target} ADD CONSTRAINT {q(name)} {definition}")
+        for statement in create_index_sql(table):
+            conn.execute(statement)
+        return self.copied - removed, 0, 0, self.remapped
+
+    def _converted(self) -> Iterator[tuple[int, Converted]]:
+        """The table's converted batches, read and converted one or two ahead in a thread (so
+        that SQLite and Arrow work while Postgres ingests); its errors are raised here."""
+        out: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for batch in self.snapshot.batches(self.table, self.batch_rows):
+                    item = (batch.num_rows, convert_batch(self.table, batch, self.load.schema))
+                    while not stop.is_set():
+                        try:
+                            out.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                out.put(done)
+            except BaseException as error:  # handed to the consumer, which raises it
+                out.put(error)
+
+        worker = threading.Thread(target=produce, name="d1m-read-ahead", daemon=True)
+        worker.start()
+        try:
+            while (item := out.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
+    def _write(self, good: pa.Table) -> None:
+        """Decide one batch and COPY its survivors; on a value Postgres refuses, find the
+        refused rows, quarantine them and decide the batch again without them."""
+        while True:
+            decision = self._decide(good)
+            try:
+                with self.conn.transaction():
+                    self._copy(good, decision.survivors)
+            except psycopg.DataError:
+                refused = self._refused(good)
+                good = good.filter(pc.invert(pc.is_in(good[ROWID], pa.array(refused, pa.int64()))))
+                continue
+            for seen, claimed in zip(self.seen, decision.claimed, strict=True):
+                seen.update(claimed)
+            self.load.rejects += decision.rejects
+            return
+
+    def _refused(self, good: pa.Table) -> list[int]:
+        """The rows of ``good`` Postgres refuses, filed as the staged path files them."""
+        if not self.staged:
+            self.load.create_stage()
+            self.staged = True
+        before = len(self.load.rejects)
+        self.load.copy(good)
+        self.conn.execute(f"TRUNCATE {self.load.stage}")
+        refused = [r.rowid for r in self.load.rejects[before:]]
+        if not refused:  # Postgres refused the batch but none of its rows: not a value's fault
+            raise RuntimeError(f"{self.table.name}: Postgres refused a batch but no row of it")
+        return refused
+
+    def _copy(self, good: pa.Table, survivors: pa.Array) -> None:
+        rows = good.filter(survivors)
+        if not rows.num_rows:
+            return
+        names = ", ".join(map(q, self.names))
+        data = self.binary.encode(rows) if self.binary else None
+        form = "binary" if data is not None else "csv"
+        with self.conn.cursor().copy(
+            f"COPY {self.target} ({names}) FROM STDIN (FORMAT {form})"
+        ) as copy:
+            copy.write(data if data is not None else _csv(rows.select(self.names)))
+        self.copied += rows.num_rows
+        if self.own:
+            keep = [ROWID, self.pk, *{c.parent[1] for c in self.own}]
+            keep += [c.name for c in self.table.foreign_keys]
+            self.held.append(rows.select(list(dict.fromkeys(keep))))
+        self._copy_maps(rows)
+
+    def _copy_maps(self, rows: pa.Table) -> None:
+        """The id_map and ref_map entries of the COPYed rows (load.py's record_* do the same
+        from the staging table)."""
+        name = pa.scalar(self.table.name)
+        if SOURCE_ID in rows.column_names:
+            mapped = rows.filter(pc.is_valid(rows[SOURCE_ID]))
+            if mapped.num_rows:
+                entries = pa.table(
+                    {
+                        "source_table": pa.repeat(name, mapped.num_rows),
+                        "source_id": mapped[SOURCE_ID],
+                        "target_id": mapped[self.pk],
+                    }
+                )
+                self._copy_table(ID_MAP, entries)
+                self.remapped += mapped.num_rows
+        for column in self.table.unlinked_ids:
+            text = SOURCE_TEXT + column.name
+            mapped = rows.filter(pc.is_valid(rows[text]))
+            if mapped.num_rows:
+                entries = pa.table(
+                    {
+                        "source_table": pa.repeat(name, mapped.num_rows),
+                        "target_pk": pc.cast(mapped[self.pk], pa.string()),
+                        "column_name": pa.repeat(pa.scalar(column.name), mapped.num_rows),
+                        "source_text": mapped[text],
+                        "target_id": mapped[column.name],
+                    }
+                )
+                self._copy_table(REF_MAP, entries)
+
+    def _copy_table(self, relation: str, rows: pa.Table) -> None:
+        names = ", ".join(map(q, rows.column_names))
+        with self.conn.cursor().copy(f"COPY {relation} ({names}) FROM STDIN (FORMAT csv)") as cp:
+            cp.write(_csv(rows))
+
+    # -- the rules, in load.py's order: CHECKs, UNIQUE keys, FKs, derived values --
+
+    def _decide(self, good: pa.Table) -> _Decision:
+        n = good.num_rows
+        alive = pa.repeat(pa.scalar(True), n)
+        decision = _Decision(alive)
+        cols = {name: good[name].combine_chunks() for name in good.column_names}
+        target_pk = pc.cast(cols[self.pk], pa.string())
+        basis = pa.table({"rowid": cols[ROWID], "target_pk": target_pk})
+
+        def reject(mask: pa.Array, make: Callable[[dict], Reject]) -> None:
+            nonlocal alive
+            mask = pc.and_(alive, pc.fill_null(mask, False))
+            if pc.any(mask).as_py():
+                decision.rejects += _reason_rejects(basis, mask, make)
+                alive = pc.and_(alive, pc.invert(mask))
+
+        for (column, expr), check in zip(self.checks, self.check_fns, strict=True):
+            reason = f"violates CHECK ({expr}); correct it in D1"
+            reject(
+                pc.invert(check(cols)),
+                lambda r, c=column, why=reason: Reject(
+                    r["rowid"], c, "check_violation", why, r["target_pk"]
+                ),
+            )
+        for cols_of_key, seen in zip(self.table.unique_keys, self.seen, strict=True):
+            dups, claimed = self._duplicates(cols, cols_of_key, alive, seen)
+            decision.claimed.append(claimed)
+            if dups:
+                listed = ", ".join(cols_of_key)
+                mask = pc.is_in(cols[ROWID], pa.array(list(dups), pa.int64()))
+                reject(
+                    mask,
+                    lambda r, k=cols_of_key, d=dups, lst=listed: Reject(
+                        r["rowid"],
+                        k[0],
+                        "duplicate_key",
+                        f"has the same ({lst}) as D1 rowid {d[r['rowid']]}, which was kept; "
+                        "merge or delete one of them in D1",
+                        r["target_pk"],
+                    ),
+                )
+        if not self.own:
+            for column in self.table.foreign_keys:
+                values = cols[column.name]
+                orphan = pc.and_(
+                    pc.is_valid(values),
+                    pc.invert(pc.is_in(values, value_set=self.parent_keys[column.name])),
+                )
+                orphan = pc.and_(alive, orphan)
+                if pc.any(orphan).as_py():
+                    decision.rejects += self._orphans(column, basis, values, orphan)
+                    alive = pc.and_(alive, pc.invert(orphan))
+            for column in self.table.columns:
+                if column.source_sql and not column.nullable:
+                    why = (
+                        f"{column.name} is derived by {column.source_sql}, which gave no value; "
+                        "fix the related row in D1"
+                    )
+                    reject(
+                        pc.is_null(cols[column.name]),
+                        lambda r, c=column.name, w=why: Reject(
+                            r["rowid"], c, "not_null", w, r["target_pk"]
+                        ),
+                    )
+        decision.survivors = alive
+        return decision
+
+    def _duplicates(
+        self, cols: Columns, names: tuple[str, ...], alive: pa.Array, seen: dict
+    ) -> tuple[dict[int, int], dict]:
+        """Rows whose key an earlier surviving row holds (rowid -> kept rowid), and the keys
+        this batch's survivors claim. Rows with a NULL in the key never collide (SQL)."""
+        arrays = []
+        for name in names:
+            values = cols[name]
+            if pa.types.is_timestamp(values.type):
+                values = values.cast(pa.int64())
+            arrays.append(values)
+        present = alive
+        for values in arrays:
+            present = pc.and_(present, pc.is_valid(values))
+        rowids = pc.filter(cols[ROWID], present).to_pylist()
+        lists = [pc.filter(values, present).to_pylist() for values in arrays]
+        keys = lists[0] if len(lists) == 1 else list(zip(*lists, strict=True))
+        claimed = dict(zip(keys, rowids, strict=True))
+        if len(claimed) == len(keys) and seen.keys().isdisjoint(claimed):
+            return {}, claimed  # the usual case, decided at C speed
+        dups: dict[int, int] = {}
+        claimed = {}
+        for key, rowid in zip(keys, rowids, strict=True):
+            kept = seen.get(key, claimed.get(key))
+            if kept is None:
+                claimed[key] = rowid
+            else:
+                dups[rowid] = kept
+        return dups, claimed
+
+    def _orphans(
+        self, column: Column, basis: pa.Table, values: pa.Array, orphan: pa.Array
+    ) -> list[Reject]:
+        """Rejects for rows whose ``column`` names no parent row (load.py's reject_orphans)."""
+        parent_table, parent_column = column.parent
+        rows = pa.table(
+            {
+                "rowid": basis["rowid"],
+                "target_pk": basis["target_pk"],
+                "value": pc.cast(values, pa.string()),
+            }
+        ).filter(orphan)
+        found = rows.to_pylist()
+        quarantined = self.load._quarantined_parents(
+            parent_table, parent_column, [r["value"] for r in found]
+        )
+        out = []
+        for row in found:
+            if row["value"] in quarantined:
+                code, why = "parent_quarantined", "is quarantined"
+            else:
+                code, why = "missing_parent", "does not exist in D1"
+            out.append(
+                Reject(
+                    row["rowid"],
+                    column.name,
+                    code,
+                    f"{column.name} = {row['value']} refers to {parent_table}.{parent_column}, "
+                    f"which {why}; fix the parent or this reference in D1",
+                    row["target_pk"],
+                )
+            )
+        return out
+
+    def _judge_own_references(self) -> int:
+        """A table that refers to itself: load.py's orphan loop on the COPYed rows, every FK
+        column in turn until none removes a row; the orphans leave the target (nothing
+        cascades: the FK constraints are dropped) with their id_map and ref_map entries."""
+        if not self.own or not self.held:
+            return 0
+        rows = pa.concat_tables(self.held).combine_chunks()
+        self.held = []
+        alive = pa.repeat(pa.scalar(True), rows.num_rows)
+        basis = pa.table({"rowid": rows[ROWID], "target_pk": pc.cast(rows[self.pk], pa.string())})
+        while True:
+            removed = 0
+            for column in self.table.foreign_keys:
+                parent_table, parent_column = column.parent
+                values = rows[column.name]
+                if parent_table == self.table.name:
+                    parents = pc.filter(rows[parent_column], alive)
+                else:
+                    parents = self.parent_keys[column.name]
+                orphan = pc.and_(
+                    alive,
+                    pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=parents))),
+                )
+                if pc.any(orphan).as_py():
+                    found = self._orphans(column, basis, values, orphan)
+                    self.load.rejects += found
+                    alive = pc.and_(alive, pc.invert(orphan))
+                    removed += len(found)
+            if not removed:
+                break
+        gone = pc.cast(pc.filter(rows[self.pk], pc.invert(alive)), pa.string()).to_pylist()
+        if not gone:
+            return 0
+        name, pk = self.table.name, q(self.pk)
+        self.conn.execute(f"DELETE FROM {self.target} WHERE {pk}::text = ANY(%s)", [gone])
+        self.remapped -= self.conn.execute(
+            f"DELETE FROM {ID_MAP} WHERE source_table = %s AND target_id::text = ANY(%s)",
+            [name, gone],
+        ).rowcount
+        self.conn.execute(
+            f"DELETE FROM {REF_MAP} WHERE source_table = %s AND target_pk = ANY(%s)",
+            [name, gone],
+        )
+        return len(gone)
+
+
+def first_load(
+    conn: psycopg.Connection, snapshot: Snapshot, table: Table, schema: Schema, batch_rows: int
+) -> tuple[TableLoad, Counts] | None:
+    """The load of ``table`` in one pass, when the target table is empty and every rule of the
+    table can be decided in Arrow; None otherwise (the staged path then loads it)."""
+    if not ENABLED or not eligible(table):
+        return None
+    if not conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {q(table.name)})").fetchone()[0]:
+        return None
+    load = TableLoad(conn, table, schema)
+    return load, FirstLoad(load, snapshot, batch_rows).run()
