@@ -14,7 +14,6 @@ README's pictures).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -48,15 +47,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 TABLE = "focus_sessions"  # a table the sample gives several quarantine reasons
 CLEAN_TABLE = "goals"  # one it gives none
 RUN_TIMEOUT_MS = 10 * 60_000  # queued, started, the migration (about 40 s here under load)
-# Shown only once the asset-metadata work (column schema, observed d1/ sources and their
-# checks in Materialize all, the quarantine check's Markdown rows) is on this branch.
-ASSET_METADATA = importlib.util.find_spec("d1_migration.defs.table_metadata") is not None
-needs_asset_metadata = pytest.mark.xfail(
-    not ASSET_METADATA,
-    reason="needs the asset-metadata work (d1_migration/defs/table_metadata.py)",
-    strict=False,  # no XPASS failure: the condition itself goes once it has landed
-)
-
 if not Path(CHROMIUM).is_file():  # .ci/run installs it where apt can
     pytest.skip(
         "Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True
@@ -288,7 +278,6 @@ def test_the_quarantine_check_counts_the_tables_quarantined_rows(ui: UI):
     expect(count).to_contain_text(str(len(entries)))
 
 
-@needs_asset_metadata
 def test_the_quarantine_check_shows_each_rows_reason(ui: UI):
     entries = open_quarantine(ui)
     text = " ".join(ui.metadata_dialog("rows", "[Show Markdown]").split())
@@ -298,7 +287,6 @@ def test_the_quarantine_check_shows_each_rows_reason(ui: UI):
         assert code in text and " ".join(reason.split()) in text, (code, reason)
 
 
-@needs_asset_metadata
 def test_a_tables_overview_shows_its_column_schema(ui: UI):
     ui.page.goto(f"{ui.base}/assets/pg/{TABLE}")
     expect(ui.page.get_by_text("started_at", exact=True).first).to_be_visible()
@@ -316,7 +304,6 @@ def source_of(table: str) -> str:
     return source.to_user_string()
 
 
-@needs_asset_metadata
 def test_after_materialize_all_a_clean_tables_graph_has_every_check_run_and_passed(ui: UI):
     """Its pg/ node materialized and its D1 source node observed, every check run and passed."""
     ui.page.goto(f"{ui.base}/assets/pg/{CLEAN_TABLE}?view=lineage")
