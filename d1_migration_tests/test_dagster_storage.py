@@ -7,12 +7,22 @@ instance's creation here; one that keeps the names but stops pooling fails the c
 same server sessions serve one run after another.
 """
 
-import psycopg
-from dagster import asset, materialize
-from psycopg.conninfo import conninfo_to_dict
+import socket
+import uuid
+from pathlib import Path
 
-from d1_migration.defs.dagster_storage import pooled_instance
+import psycopg
+import pytest
+from dagster import DagsterInstance, asset, materialize
+from dagster._core.instance.ref import InstanceRef
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from d1_migration.defs import dagster_storage
+from d1_migration.defs.dagster_storage import STORAGE_URL_ENV, pooled_instance
+from d1_migration.target.embedded import embedded_postgres_url, stop_embedded_postgres
 from d1_migration_tests.helpers import as_url
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 @asset
@@ -43,3 +53,89 @@ def test_runs_are_recorded_through_connections_held_open(tmp_path, new_database,
         assert len(instance.get_runs()) == 4  # and the storage works through the public API
     finally:
         instance.dispose()
+
+
+@pytest.fixture
+def unsaid(monkeypatch):
+    """No DAGSTER_PG_URL, and the storage's one line not yet said in this process."""
+    monkeypatch.delenv(STORAGE_URL_ENV, raising=False)
+    monkeypatch.setenv(dagster_storage._SAID_ENV, "")  # unset again after the test
+
+
+def project_instance(home: Path) -> DagsterInstance:
+    """The instance `dagster dev` (or `dagster asset materialize`) builds in the project
+    directory when DAGSTER_HOME is unset: a temporary home, the project's dagster.yaml."""
+    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(PROJECT)))
+
+
+def said(capfd, caplog) -> str:
+    return capfd.readouterr().err + caplog.text
+
+
+def test_with_no_variable_the_storage_is_the_embedded_server_and_says_so_once(
+    tmp_path, monkeypatch, unsaid, capfd, caplog
+):
+    monkeypatch.chdir(tmp_path)  # the embedded server under ./.d1_migration, as in a fresh clone
+    # As root, pgserver runs the server as another user, who must reach .d1_migration/pgdata
+    # through pytest's 0700 directory, as through a checkout's usual 0755 ones.
+    tmp_path.chmod(0o755)
+    try:
+        with project_instance(tmp_path / "home") as instance:
+            assert materialize([trivial], instance=instance).success
+            run_id = instance.get_runs()[0].run_id
+        first = said(capfd, caplog)
+        assert first.count(f"{STORAGE_URL_ENV} is not set") == 1, first
+        assert str((tmp_path / ".d1_migration" / "pgdata").resolve()) in first
+        # recorded in database dagster of that server, where the demo records its runs
+        url = embedded_postgres_url(tmp_path / ".d1_migration", "dagster")
+        with psycopg.connect(url) as conn:
+            found = conn.execute("SELECT count(*) FROM runs WHERE run_id = %s", [run_id])
+            assert found.fetchone() == (1,)
+        with project_instance(tmp_path / "home2") as again:  # a process dagster dev started
+            assert again.has_run(run_id)
+        assert STORAGE_URL_ENV not in said(capfd, caplog)  # said once per command
+    finally:
+        stop_embedded_postgres(tmp_path / ".d1_migration")
+
+
+def test_a_missing_database_named_by_dagster_pg_url_is_created(
+    tmp_path, monkeypatch, unsaid, pg_admin_url, capfd, caplog
+):
+    name = f"d1mt_storage_{uuid.uuid4().hex[:8]}"
+    url = as_url(make_conninfo(pg_admin_url, dbname=name))
+    monkeypatch.setenv(STORAGE_URL_ENV, url)
+    try:
+        with project_instance(tmp_path / "home") as instance:
+            assert materialize([trivial], instance=instance).success
+            assert len(instance.get_runs()) == 1
+        assert said(capfd, caplog).count(f"Created database {name} for Dagster's storage") == 1
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("server", ["unreachable", "unknown role"])
+def test_an_unusable_storage_server_stops_with_one_line_without_the_password(
+    tmp_path, monkeypatch, unsaid, pg_admin_url, server
+):
+    params = conninfo_to_dict(pg_admin_url)
+    host, port = params["host"], params.get("port", "5432")
+    if server == "unreachable":
+        host, port = "127.0.0.1", closed_port()
+    password = "s3cret-Pw-9f2"
+    user = f"norole_{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv(STORAGE_URL_ENV, f"postgresql://{user}:{password}@{host}:{port}/dagster")
+    with pytest.raises(SystemExit) as stopped:
+        project_instance(tmp_path / "home").run_storage  # noqa: B018 (the storage is lazy)
+    message = str(stopped.value.code)
+    assert message.startswith(
+        f"Cannot use Dagster's storage host={host} port={port} dbname=dagster"
+    )
+    assert f"({STORAGE_URL_ENV})" in message and "\n" not in message
+    assert password not in message

@@ -1,8 +1,9 @@
 """Resources: secrets stay out of what is shown; no target URL means a real embedded server."""
 
 import os
+import sqlite3
 
-from d1_migration.defs.resources import PostgresTarget
+from d1_migration.defs.resources import DEMO_SOURCE, SOURCE_ENV, D1Source, PostgresTarget
 from d1_migration.target.connection import redacted
 from d1_migration.target.embedded import stop_embedded_postgres
 
@@ -30,3 +31,14 @@ def test_without_a_url_an_embedded_postgres_is_started(tmp_path):
     finally:
         stop_embedded_postgres(tmp_path)
     assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
+
+
+def test_with_no_source_configured_a_run_builds_the_missing_demo_file(tmp_path, monkeypatch):
+    """Materialize all in a fresh clone (no `d1-migration demo` run before) reads the demo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(SOURCE_ENV, raising=False)
+    path = D1Source().run_copy()["path"]
+    assert path == DEMO_SOURCE and path.is_file()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] > 0
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left

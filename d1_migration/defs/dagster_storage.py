@@ -10,18 +10,37 @@ use it; a process holds one connection, plus short-lived extra ones while thread
 dagster-postgres has no public setting for this, so this is the one module of the project
 built on Dagster internals (``dagster._serdes.ConfigurableClassData``, ``from_config_value``,
 ``optimize_for_webserver``); test_dagster_storage.py fails on an upgrade that breaks them.
+
+Where: ``postgres_url`` when the config gives one, else DAGSTER_PG_URL (its database created
+when the server has none of that name), else the embedded PostgreSQL under .d1_migration,
+database ``dagster``, where ``d1-migration demo`` records its runs too: so ``dagster dev`` in
+a fresh clone, with no variable set, works and shows the demo's runs.
 """
 
+import contextlib
+import logging
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import yaml
-from dagster import DagsterInstance
+from dagster import DagsterInstance, Field, StringSource
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from d1_migration.target.connection import refuse_stray_at
+from d1_migration.defs.resources import DEFAULT_WORKDIR
+from d1_migration.target.connection import redacted, refuse_stray_at
+from d1_migration.target.embedded import embedded_postgres_url
+
+STORAGE_URL_ENV = "DAGSTER_PG_URL"
+EMBEDDED_STORAGE_DATABASE = "dagster"  # in the embedded server; the demo's runs are there too
+_SAID_ENV = "D1_MIGRATION_STORAGE_SAID"  # inherited: dagster dev's children say it no more
+log = logging.getLogger("dagster")  # what `dagster dev` prints
 
 POOL_RECYCLE_SECONDS = 3600
 MAX_OVERFLOW = 10
@@ -31,12 +50,27 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     """``storage: postgres`` of dagster-postgres, with pooled connections."""
 
     @classmethod
+    def config_type(cls) -> Any:
+        # Optional, and read here rather than as {env: DAGSTER_PG_URL} in dagster.yaml: Dagster
+        # fails on an unset variable while it processes the config, before this class runs.
+        return {"postgres_url": Field(StringSource, is_required=False)}
+
+    @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> DagsterPostgresStorage:
-        if isinstance(config_value.get("postgres_url"), str):  # before dagster-postgres logs it
-            refuse_stray_at(config_value["postgres_url"], "DAGSTER_PG_URL")
-        storage = super().from_config_value(inst_data, config_value)
+        url = config_value.get("postgres_url") or os.environ.get(STORAGE_URL_ENV)
+        if url:
+            refuse_stray_at(url, STORAGE_URL_ENV)  # before dagster-postgres logs it
+            ensure_database(url)
+        else:
+            url = embedded_postgres_url(DEFAULT_WORKDIR, EMBEDDED_STORAGE_DATABASE)
+            say_once(
+                f"{STORAGE_URL_ENV} is not set: Dagster's storage is the embedded PostgreSQL "
+                f"in {(DEFAULT_WORKDIR / 'pgdata').resolve()} (database "
+                f"{EMBEDDED_STORAGE_DATABASE}); stop it with `d1-migration embedded stop`"
+            )
+        storage = DagsterPostgresStorage(inst_data=inst_data, postgres_url=url)
         for part in (storage.run_storage, storage.event_log_storage, storage.schedule_storage):
             part.optimize_for_webserver(  # type: ignore[attr-defined]
                 statement_timeout=0,  # no limit, as with dagster-postgres's default engine
@@ -44,6 +78,53 @@ class PooledPostgresStorage(DagsterPostgresStorage):
                 max_overflow=MAX_OVERFLOW,
             )
         return storage
+
+
+def say_once(line: str) -> None:
+    """Print ``line`` once per command: `dagster dev` builds an instance in its own process
+    first, then starts the webserver, daemon and code servers, which inherit the mark and so
+    do not say it again."""
+    if os.environ.get(_SAID_ENV):
+        return
+    os.environ[_SAID_ENV] = "1"
+    if logging.getLogger("dagster").handlers:
+        log.info(line)
+    else:  # `dagster asset materialize` has not set up Dagster's logging yet
+        print(line, file=sys.stderr)
+
+
+def ensure_database(url: str) -> None:
+    """Create Dagster's database when the server has none of that name, saying so in one line;
+    a server that cannot be used stops the command with one line (no password in it) instead
+    of dagster-postgres's retries and traceback. libpq reports a missing database as a plain
+    connection failure (no SQLSTATE), so the server's catalog is asked, through ``postgres``."""
+    url = url.replace("postgresql+psycopg2://", "postgresql://", 1)  # SQLAlchemy's spelling
+    params = conninfo_to_dict(url)
+    try:
+        psycopg.connect(make_conninfo(url, connect_timeout="10")).close()
+        return
+    except psycopg.OperationalError as error:
+        reason = _masked(error, params.get("password"))
+    database = params.get("dbname")
+    admin = make_conninfo(url, dbname="postgres", connect_timeout="10")
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
+            if database and found.fetchone() is None:
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # a peer was first
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                say_once(f"Created database {database} for Dagster's storage ({redacted(url)})")
+                return
+    except psycopg.Error as error:
+        if (admin_reason := _masked(error, params.get("password"))) != reason:
+            reason += f"; through database postgres: {admin_reason}"
+    raise SystemExit(f"Cannot use Dagster's storage {redacted(url)} ({STORAGE_URL_ENV}): {reason}")
+
+
+def _masked(error: Exception, password: str | None) -> str:
+    """The error on one line, the password (should libpq ever quote it) as ***."""
+    reason = " ".join(str(error).split())
+    return reason.replace(password, "***") if password else reason
 
 
 def pooled_instance(home: Path, postgres_url: str) -> DagsterInstance:

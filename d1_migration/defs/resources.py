@@ -18,7 +18,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import psycopg
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, get_dagster_logger
 from pydantic import Field, PrivateAttr
 
 from d1_migration.private_files import private_dir, private_file
@@ -113,6 +113,8 @@ class D1Source(ConfigurableResource):
             log.info("Copied live D1 %s at Time Travel bookmark %s", database.database_id, bookmark)
             return {"path": local, "bookmark": bookmark}
         path = Path(source)
+        if not path.is_file() and self.configured_source() is None:
+            build_demo_source(path)  # a fresh clone's Materialize all: the demo, as the CLI's
         if not path.is_file():
             raise NotConfigured(
                 f"No D1 database at {source}. Set {SOURCE_ENV} to your D1 SQLite file "
@@ -145,6 +147,20 @@ class D1Source(ConfigurableResource):
     def snapshot(self) -> Iterator[Snapshot]:
         with SqliteSource(self.run_copy()["path"]).snapshot() as snapshot:
             yield snapshot
+
+
+def build_demo_source(path: Path) -> None:
+    """Write the demo's sample D1 file at ``path``, built beside it and renamed into place, so
+    that a run reading it at the same time never sees half a file."""
+    from d1_migration.demo.sample_data import build_sample_db  # only the demo needs it
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    build_sample_db(partial)
+    partial.replace(path)
+    get_dagster_logger().info(
+        "Built the demo D1 database %s (no %s set)", path.resolve(), SOURCE_ENV
+    )
 
 
 def journal_mode(path: Path) -> str:
