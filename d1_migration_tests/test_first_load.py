@@ -7,6 +7,8 @@ Each database is migrated twice into empty targets, once per path, and compared 
 import itertools
 import re
 import sqlite3
+import threading
+import time
 
 import psycopg
 import pyarrow as pa
@@ -226,3 +228,37 @@ def test_an_unreadable_check_takes_the_staged_path():
     assert first_load.arrow_check("a > ", {"a"}) is None
     assert first_load.arrow_check("a > 1 b", {"a", "b"}) is None
     assert first_load.arrow_check("c > 1", {"a"}) is None
+
+
+def test_a_first_load_gives_way_to_a_check_reading_its_parents(tmp_path, new_database):
+    """A check on another connection holds one parent and then reads another: the first load,
+    whose FK drops take both parents, must let it finish rather than deadlock with it."""
+    path = tmp_path / "d1.sqlite"
+    build_sample_db(path, users=10, seed=5)
+    source, url = SqliteSource(path), new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        ensure_schema(conn, SCHEMA)
+        with source.snapshot() as snapshot:
+            for name in ("users", "habits"):
+                migrate_table(conn, snapshot, SCHEMA.table(name), SCHEMA)
+    # habit_logs' FKs drop in name order: habit_id (locks habits), then user_id (users).
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as conn, source.snapshot() as snapshot:
+                migrate_table(conn, snapshot, SCHEMA.table("habit_logs"), SCHEMA)
+        except BaseException as error:
+            errors.append(error)
+
+    with psycopg.connect(url) as check:  # a transaction, as a check's is
+        check.execute("SELECT count(*) FROM users").fetchone()
+        loader = threading.Thread(target=load)
+        loader.start()
+        time.sleep(0.5)  # the load is now waiting for users
+        check.execute("SELECT count(*) FROM habits").fetchone()
+        check.commit()
+    loader.join(timeout=60)
+    assert not errors, errors
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM habit_logs").fetchone()[0] > 0

@@ -38,6 +38,7 @@ from __future__ import annotations
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -54,6 +55,11 @@ from d1_migration.spec.model import Column, Kind, Schema, Table, q
 from d1_migration.target.ddl import create_index_sql
 from d1_migration.target.load import ID_MAP, REF_MAP, Counts, TableLoad, _csv
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Converted, Reject, convert_batch
+
+# How long the LOCK before a first load's DDL waits before it lets go and tries again
+# (FirstLoad._lock_for_ddl); below Postgres's deadlock_timeout (1 s), so it gives way first.
+LOCK_WAIT = "200ms"
+LOCK_RETRY_SECONDS = 0.05
 
 ENABLED = True  # False: every load takes the staged path (benchmarks and the equivalence test)
 BINARY = True  # False: CSV COPY for every table (benchmarks)
@@ -341,12 +347,34 @@ class FirstLoad:
             [self.target],
         ).fetchall()
 
+    def _lock_for_ddl(self) -> None:
+        """Take the table and its parents before the FKs are dropped, all in one LOCK that never
+        waits long while holding some of them. Dropping and re-adding an FK takes ACCESS
+        EXCLUSIVE on the parent as well; meanwhile the checks of tables already settled run on
+        another connection (defs/asset_checks.py) and read those parents inside transactions of
+        their own. Taking the parents one by one deadlocked with a check that held one and
+        waited for another (test_a_wal_database_being_written_..., under load); a LOCK that
+        times out is undone by its savepoint, which lets that check finish, and is tried again."""
+        tables = sorted({self.table.name, *(c.parent[0] for c in self.table.foreign_keys)})
+        statement = f"LOCK TABLE {', '.join(map(q, tables))} IN ACCESS EXCLUSIVE MODE"
+        previous = self.conn.execute("SHOW lock_timeout").fetchone()[0]
+        while True:
+            try:
+                with self.conn.transaction():  # a savepoint: a LOCK that timed out holds nothing
+                    self.conn.execute("SELECT set_config('lock_timeout', %s, true)", [LOCK_WAIT])
+                    self.conn.execute(statement)
+                    self.conn.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+                return
+            except psycopg.errors.LockNotAvailable:
+                time.sleep(LOCK_RETRY_SECONDS)
+
     def run(self) -> Counts:
         conn, table = self.conn, self.table
         for column in table.foreign_keys:
             if column.parent[0] != table.name:
                 self.parent_keys[column.name] = self._parent_keys(column)
         constraints = self._foreign_keys()
+        self._lock_for_ddl()
         for name, _ in constraints:
             conn.execute(f"ALTER TABLE {self.target} DROP CONSTRAINT {q(name)}")
         for index in table.indexes:
