@@ -39,7 +39,7 @@ from d1_migration.target.embedded import embedded_postgres_url
 
 STORAGE_URL_ENV = "DAGSTER_PG_URL"
 EMBEDDED_STORAGE_DATABASE = "dagster"  # in the embedded server; the demo's runs are there too
-_SAID_ENV = "D1_MIGRATION_STORAGE_SAID"  # inherited: dagster dev's children say it no more
+_SAID_ENV = "_D1_MIGRATION_STORAGE_SAID"  # inherited by dagster dev's children; internal
 log = logging.getLogger("dagster")  # what `dagster dev` prints
 
 POOL_RECYCLE_SECONDS = 3600
