@@ -24,33 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import shutil
-import sqlite3
 import sys
 import time
 from pathlib import Path
 
 RESYNC_USER_SHARE = 0.001  # issue 11, case (b)
-
-
-def delete_users(path: Path, share: float, seed: int) -> tuple[int, int]:
-    """Delete ``share`` of the users of the D1 file at ``path`` (at least one, picked at random)
-    as the app deletes an account: SQLite's foreign keys on, so D1's ON DELETE CASCADE and SET
-    NULL reach every row of theirs. Returns (users deleted, rows deleted or changed in all, the
-    users included)."""
-    rng = random.Random(seed)
-    with sqlite3.connect(path, isolation_level=None) as d1:
-        d1.execute("PRAGMA foreign_keys = ON")
-        rowids = [r[0] for r in d1.execute("SELECT rowid FROM users")]
-        picked = rng.sample(rowids, max(1, round(len(rowids) * share)))
-        before = d1.total_changes
-        d1.execute("BEGIN")
-        for rowid in picked:
-            d1.execute("DELETE FROM users WHERE rowid = ?", [rowid])
-        d1.execute("COMMIT")
-        return len(picked), d1.total_changes - before
 
 
 def _run_figures(seconds: float, summary) -> dict:
@@ -124,8 +104,6 @@ def resync(pristine: Path, url: str, state: Path, repeat: int) -> dict:
         )
         return _run_figures(seconds, summary)
 
-    # case (b) from incremental_sync once it has it (branch resync), else the helper above
-    deleting = getattr(incremental_sync, "delete_users", None)
     cases: dict[str, list[dict]] = {"no change": [], "1% changed": [], "0.1% of users deleted": []}
     figures: dict = {"full": run("full migration"), "cases": cases, "changed": {}}
     for i in range(repeat):
@@ -136,10 +114,7 @@ def resync(pristine: Path, url: str, state: Path, repeat: int) -> dict:
         cases["1% changed"].append(run(f"re-sync, 1% changed ({i + 1})"))
     for i in range(repeat):
         seed = 100 + i
-        if deleting is not None:
-            users, rows = deleting(source, seed=seed, share=RESYNC_USER_SHARE)
-        else:
-            users, rows = delete_users(source, share=RESYNC_USER_SHARE, seed=seed)
+        users, rows = incremental_sync.delete_users(source, seed=seed, share=RESYNC_USER_SHARE)
         print(f"deleted {users} users in D1, which cascaded: {rows} rows deleted or changed")
         figures["changed"].setdefault("0.1% of users deleted", []).append(rows)
         cases["0.1% of users deleted"].append(run(f"re-sync, 0.1% of users deleted ({i + 1})"))
