@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pytest
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
@@ -356,3 +357,65 @@ def test_source_schema_checks_show_drift_on_each_d1_asset(tmp_path):
     ]
     assert all(o.passed for name, o in outcomes.items() if name != "users")
     assert outcomes["habits"].metadata["skipped_internal_tables"].value == ["d1_migrations"]
+
+
+def _read(batches) -> pa.Table:
+    return pa.Table.from_batches(list(batches))
+
+
+def test_the_arrow_reader_gives_exactly_what_sqlite3_gives(tmp_path):
+    """ADBC's whole-table read against sqlite3's, on every table of the spec, bad rows included
+    (text in INTEGER columns, invalid UTF-8, NUL, blobs), in batches of 3 so that many a batch
+    holds only NULLs in a column whose later batches hold text, and with the extremes of int64
+    and a long leading run of NULLs added."""
+    database = tmp_path / "d1.sqlite"
+    build_sample_db(database, users=40, seed=5)
+    with sqlite3.connect(database) as d1:
+        user = d1.execute("SELECT id FROM users LIMIT 1").fetchone()[0]
+        d1.executemany(
+            "INSERT INTO points_ledger (id, user_id, event_type, coins, event_id, reason) "
+            "VALUES (?, ?, 'x', ?, ?, ?)",
+            [(f"z{n}", user, 0, None, None) for n in range(10)]
+            + [
+                ("big", user, 2**63 - 1, b"\xff\xfe not UTF-8", 2**62),
+                ("small", user, -(2**63), "nul \x00 inside", -1.5),
+                ("blob", user, 1.25, sqlite3.Binary(b"\x00\x01"), sqlite3.Binary(b"\x02")),
+            ],
+        )
+    with SqliteSource(database).snapshot() as snapshot:
+        for table in SCHEMA.tables:
+            via_arrow = _read(snapshot.arrow_batches(table, 3))
+            via_sqlite = _read(snapshot.sqlite_batches(table, 3))
+            assert via_arrow.num_rows == snapshot.count(table), table.name
+            assert via_arrow.equals(via_sqlite), table.name
+
+
+def test_a_wal_file_is_read_as_the_snapshot_saw_it(tmp_path):
+    """In WAL mode a second connection sees commits made after the snapshot began, so a whole
+    table is read on the snapshot's own connection there."""
+    database = tmp_path / "d1.sqlite"
+    build_sample_db(database, users=10, seed=2)
+    users = SCHEMA.table("users")
+    with sqlite3.connect(database) as d1:
+        d1.execute("PRAGMA journal_mode = WAL")
+    with SqliteSource(database).snapshot() as snapshot:
+        before = snapshot.count(users)
+        with sqlite3.connect(database) as d1:
+            d1.execute("DELETE FROM users WHERE rowid = (SELECT min(rowid) FROM users)")
+        assert _read(snapshot.batches(users, 1000)).num_rows == before
+
+
+def test_no_write_lands_while_a_journal_file_is_read_beside_its_snapshot(tmp_path):
+    """Outside WAL mode the snapshot's read lock keeps every writer from committing while ADBC
+    reads on its own connection, so both see one state."""
+    database = tmp_path / "d1.sqlite"
+    build_sample_db(database, users=10, seed=3)
+    users = SCHEMA.table("users")
+    with SqliteSource(database).snapshot() as snapshot:
+        first = _read(snapshot.batches(users, 1000))
+        d1 = sqlite3.connect(database, timeout=0.1)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            d1.execute("DELETE FROM users")
+            d1.commit()
+        d1.close()
+        assert _read(snapshot.arrow_batches(users, 1000)).equals(first)
