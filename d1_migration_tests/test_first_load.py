@@ -262,3 +262,45 @@ def test_a_first_load_gives_way_to_a_check_reading_its_parents(tmp_path, new_dat
     assert not errors, errors
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM habit_logs").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize(("items", "taken"), [(1_000, 0), (1_000, 1), (3, 1)])
+def test_the_read_ahead_stops_and_closes_its_source_when_the_load_leaves_early(items, taken):
+    """A load that fails before its first batch, mid-table, or once the source is done leaves
+    the read-ahead block with the queue full: the thread must stop (the block must not hang
+    on it), and the batches' source (a SQLite cursor) be closed."""
+    closed = threading.Event()
+    failed: list[BaseException] = []
+
+    def produce():
+        try:
+            yield from range(items)
+        finally:
+            closed.set()
+
+    def load() -> None:
+        try:
+            with first_load._ReadAhead(produce) as batches:
+                for _ in range(taken):
+                    next(batches)
+                time.sleep(0.3)  # the thread fills the queue meanwhile
+                raise RuntimeError("the load failed")
+        except RuntimeError as error:
+            failed.append(error)
+
+    loading = threading.Thread(target=load, daemon=True)
+    loading.start()
+    loading.join(timeout=10)
+    assert not loading.is_alive(), "leaving the read-ahead block hung"
+    assert failed and closed.is_set()
+
+
+def test_the_read_ahead_hands_its_errors_to_the_reader():
+    def produce():
+        yield 1
+        raise ValueError("SQLite went away")
+
+    with first_load._ReadAhead(produce) as items:
+        assert next(items) == 1
+        with pytest.raises(ValueError, match="went away"):
+            next(items)
