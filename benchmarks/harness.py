@@ -3,7 +3,7 @@ the DuckDB copy and ``sqlite3 -csv`` + ``\\copy``, at several sizes, plus the re
 writes benchmarks/results.md and benchmarks/rows_per_second.png.
 
     PYTHONPATH=. python -m benchmarks                      # 70k, 500k, 2M rows, 3 runs each
-    PYTHONPATH=. python -m benchmarks --sizes 70k,500k,2m,10m --repeat 5
+    PYTHONPATH=. python -m benchmarks --sizes 70k,500k,2m,10m:1 --resync-at 2m  # 10M: one run
     PYTHONPATH=. python -m benchmarks --quick              # smoke run: 70k only, 1 run
     PYTHONPATH=. python -m benchmarks --render .d1_migration/bench/results.json  # re-render
 
@@ -299,14 +299,16 @@ def run_resync(source: Path, server_url: str, workdir: Path, repeat: int) -> dic
 # -- the run --------------------------------------------------------------------------------
 
 
-def run_size(label: str, users: int, args: argparse.Namespace, tools: Sequence[str]) -> SizeResult:
+def run_size(
+    label: str, users: int, repeat: int, args: argparse.Namespace, tools: Sequence[str]
+) -> SizeResult:
     workdir = Path(args.workdir)
     source = clean_sample(workdir, users, args.seed)
     counts = sqlite_row_counts(source)
     result = SizeResult(label, users, str(source), sum(counts.values()))
     print(f"== {label}: {result.source_rows:,} rows ({users} users), {source}", flush=True)
     active = list(tools)
-    for i in range(args.repeat):
+    for i in range(repeat):
         for tool in list(active):
             try:
                 if tool == PROJECT:
@@ -319,7 +321,7 @@ def run_size(label: str, users: int, args: argparse.Namespace, tools: Sequence[s
                 print(f"{tool}: skipped, {missing}", flush=True)
                 continue
             result.runs.append(dataclasses.replace(r, tool=tool))  # csv's says what it runs
-            print(f"[{i + 1}/{args.repeat}] {r.line()}", flush=True)
+            print(f"[{i + 1}/{repeat}] {r.line()}", flush=True)
     return result
 
 
@@ -328,17 +330,23 @@ def run(args: argparse.Namespace) -> Results:
     unknown = set(tools) - set(TOOLS)
     if unknown:
         raise SystemExit(f"unknown tools {sorted(unknown)}; known: {', '.join(TOOLS)}")
-    labels = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
-    unknown = set(labels) - set(SIZES)
+    # "10m:1": that size with its own number of runs
+    wanted = [s.strip().lower().partition(":") for s in args.sizes.split(",") if s.strip()]
+    repeats = {label: int(n) if n else args.repeat for label, _, n in wanted}
+    unknown = set(repeats) - set(SIZES)
     if unknown:
         raise SystemExit(f"unknown sizes {sorted(unknown)}; known: {', '.join(SIZES)}")
+    if args.resync_at and args.resync_at not in repeats:
+        raise SystemExit(f"--resync-at {args.resync_at} is not one of --sizes")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = Results(machine(args.server), {k: str(v) for k, v in vars(args).items()})
     results.args["argv"] = shlex.join(args.argv)
-    for label in labels:
-        results.sizes.append(run_size(label, SIZES[label], args, tools))
+    for label, repeat in repeats.items():
+        results.sizes.append(run_size(label, SIZES[label], repeat, args, tools))
     if PROJECT in tools and not args.no_resync:
         largest = max(results.sizes, key=lambda s: s.source_rows)
+        if args.resync_at:
+            largest = next(s for s in results.sizes if s.size == args.resync_at)
         print(f"== re-sync cases at {largest.size} ({largest.source_rows:,} rows)", flush=True)
         results.resync = run_resync(
             Path(largest.source), args.server, Path(args.workdir), args.repeat
@@ -701,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 70k only, 1 run")
     parser.add_argument("--tools", default=",".join(TOOLS), help="of " + ",".join(TOOLS))
     parser.add_argument("--no-resync", action="store_true", help="skip the re-sync cases")
+    parser.add_argument("--resync-at", help="the size of the re-sync cases (default: the largest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--workdir", type=Path, default=REPO / ".d1_migration" / "bench", help="samples, state"
