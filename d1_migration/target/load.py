@@ -39,6 +39,7 @@ from psycopg.types.json import Jsonb
 from d1_migration.source.snapshot import ROWID, Snapshot, source_pk_text
 from d1_migration.spec.model import Column, Kind, Schema, Table, q
 from d1_migration.sync.shadow import Changes, Shadow
+from d1_migration.target.binary import BinaryRows
 from d1_migration.target.ddl import BOOKKEEPING_SCHEMA, SYNC_STATE, create_index_sql, load_order
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Reject, convert_batch, uuid_for
 
@@ -87,6 +88,9 @@ class TableLoad:
         self.scope_pks: set[str] = set()  # source rows a scoped load covers (source_pk_text)
         self.maps_ids = table.column(table.primary_key[0]).kind is Kind.ID
         self.cascade_recorded = False  # a scoped merge's removals were followed (record_cascade)
+        bookkeeping = [SOURCE_ID] if self.maps_ids else []
+        bookkeeping += [SOURCE_TEXT + c.name for c in table.unlinked_ids]
+        self.binary = BinaryRows.of(self.columns, [ROWID, *bookkeeping])
 
     def create_stage(self) -> None:
         cols = [f"{q(c.name)} {c.pg_type}" for c in self.columns]
@@ -240,12 +244,19 @@ class TableLoad:
         return found
 
     def copy(self, rows: pa.Table) -> None:
-        """COPY a batch; if Postgres refuses it, find and quarantine the refused rows one by one."""
+        """COPY a batch (binary where it encodes: target/binary.py); if Postgres refuses it,
+        find and quarantine the refused rows one by one."""
         names = ", ".join(q(n) for n in rows.column_names)
         statement = f"COPY {self.stage} ({names}) FROM STDIN (FORMAT csv)"
+        data = self.binary.encode(rows) if self.binary else None
+        if data is None:
+            whole, data = statement, _csv(rows)
+        else:
+            names = ", ".join(q(n) for n in self.binary.names)
+            whole = f"COPY {self.stage} ({names}) FROM STDIN (FORMAT binary)"
         try:
-            with self.conn.transaction(), self.conn.cursor().copy(statement) as copy:
-                copy.write(_csv(rows))
+            with self.conn.transaction(), self.conn.cursor().copy(whole) as copy:
+                copy.write(data)
         except psycopg.DataError:
             for i in range(rows.num_rows):
                 row = rows.slice(i, 1)
