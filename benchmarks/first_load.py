@@ -23,7 +23,7 @@ from psycopg.conninfo import make_conninfo
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.engine import sync_all
-from d1_migration.target import first_load
+from d1_migration.target import binary, first_load
 
 
 def backend_cpu(pid: int) -> float:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--copy", choices=("binary", "csv"), default="binary")
     args = parser.parse_args()
     first_load.ENABLED = args.path == "one-pass"
-    first_load.BINARY = args.copy == "binary"
+    binary.BINARY = args.copy == "binary"
 
     with psycopg.connect(args.admin, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')

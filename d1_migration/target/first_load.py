@@ -44,9 +44,6 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 
-import pgpq
-import pgpq.encoders
-import pgpq.schema
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,6 +51,7 @@ import pyarrow.csv as pacsv
 
 from d1_migration.source.snapshot import ROWID, Snapshot
 from d1_migration.spec.model import Column, Kind, Schema, Table, q
+from d1_migration.target.binary import BinaryRows
 from d1_migration.target.ddl import create_index_sql
 from d1_migration.target.load import ID_MAP, REF_MAP, Counts, TableLoad, _csv
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Converted, Reject, convert_batch
@@ -64,88 +62,12 @@ LOCK_WAIT = "200ms"
 LOCK_RETRY_SECONDS = 0.05
 
 ENABLED = True  # False: every load takes the staged path (benchmarks and the equivalence test)
-BINARY = True  # False: CSV COPY for every table (benchmarks)
 READ_AHEAD = 2  # converted batches waiting for Postgres; each is one batch of memory
 
 # Kinds whose Arrow equality is Postgres's equality, and whose Arrow text is Postgres's ::text.
 _KEY_KINDS = {Kind.ID, Kind.TEXT, Kind.ENUM, Kind.INTEGER, Kind.BIGINT}
 # A TOKEN_HASH is '\\x' and a lower-case hex digest: equal text, equal bytes.
 _UNIQUE_KINDS = _KEY_KINDS | {Kind.BOOLEAN, Kind.DATE, Kind.TIMESTAMPTZ, Kind.TOKEN_HASH}
-
-
-# Kinds pgpq encodes in Postgres's binary COPY format (a table with another takes CSV).
-_BINARY_KINDS = {
-    Kind.ID,
-    Kind.TEXT,
-    Kind.ENUM,
-    Kind.INTEGER,
-    Kind.BIGINT,
-    Kind.BOOLEAN,
-    Kind.DOUBLE,
-    Kind.TIMESTAMPTZ,
-    Kind.DATE,
-    Kind.JSONB,
-}
-_NIL_UUID = "00000000-0000-0000-0000-000000000000"
-
-
-def uuid_bytes(text: pa.Array) -> pa.Array | None:
-    """Canonical UUID text (what the ID kind gives) as 16-byte values, Postgres's binary uuid;
-    None where a value is not canonical."""
-    n = len(text)
-    filled = pc.fill_null(text, _NIL_UUID)
-    if n == 0 or not pc.all(pc.equal(pc.binary_length(filled), 36)).as_py():
-        return None if n else pa.array([], pa.binary(16))
-    filled = pa.concat_arrays([filled])  # offsets from 0, one contiguous data buffer
-    offsets = memoryview(filled.buffers()[1]).cast("i")
-    hex_text = filled.buffers()[2].to_pybytes()[offsets[0] : offsets[n]].replace(b"-", b"")
-    if len(hex_text) != 32 * n:
-        return None
-    try:
-        raw = bytes.fromhex(hex_text.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw)])
-    return pc.if_else(pc.is_valid(text), values, pa.scalar(None, pa.binary(16)))
-
-
-class BinaryRows:
-    """A table's rows as a binary COPY stream (pgpq), or None where a column has no encoder."""
-
-    def __init__(self, columns: list[Column]) -> None:
-        self.columns = columns
-        fields, encoders = [], {}
-        for c in columns:
-            if c.kind is Kind.ID:
-                spec = pa.field(c.name, pa.binary(16))
-                encoders[c.name] = pgpq.encoders.FixedSizeBinaryEncoderBuilder(spec)
-            elif c.kind is Kind.JSONB:
-                spec = pa.field(c.name, pa.string())
-                encoders[c.name] = pgpq.encoders.StringEncoderBuilder.new_with_output(
-                    spec, pgpq.schema.Jsonb()
-                )
-            else:
-                spec = None
-            fields.append(spec)
-        self.fields, self.encoders = fields, encoders
-
-    def encode(self, rows: pa.Table) -> bytes | None:
-        arrays, fields = [], []
-        for c, spec in zip(self.columns, self.fields, strict=True):
-            values = rows[c.name].combine_chunks()
-            if c.kind is Kind.ID:
-                values = uuid_bytes(values)
-                if values is None:
-                    return None
-            arrays.append(values)
-            fields.append(spec or pa.field(c.name, values.type))
-        batch = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
-        encoders = dict(self.encoders)
-        for spec in fields:
-            if spec.name not in encoders:
-                encoders[spec.name] = pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(spec)
-        encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(batch.schema, encoders)
-        return encoder.write_header() + encoder.write_batch(batch) + encoder.finish()
 
 
 # -- CHECK expressions in Arrow -----------------------------------------------------------
@@ -365,8 +287,7 @@ class FirstLoad:
         self.held: list[pa.Table] = []  # own-FK tables: the COPYed rows' keys, judged at the end
         self.copied = self.remapped = 0
         self.staged = False
-        binary = BINARY and all(c.kind in _BINARY_KINDS for c in load.columns)
-        self.binary = BinaryRows(load.columns) if binary else None
+        self.binary = BinaryRows.of(load.columns)
 
     # -- Postgres around the rows --
 

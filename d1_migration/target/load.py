@@ -39,6 +39,7 @@ from psycopg.types.json import Jsonb
 from d1_migration.source.snapshot import ROWID, Snapshot, source_pk_text
 from d1_migration.spec.model import Column, Kind, Schema, Table, q
 from d1_migration.sync.shadow import Changes, Shadow
+from d1_migration.target.binary import BinaryRows
 from d1_migration.target.ddl import BOOKKEEPING_SCHEMA, SYNC_STATE, create_index_sql, load_order
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Reject, convert_batch, uuid_for
 
@@ -87,6 +88,9 @@ class TableLoad:
         self.scope_pks: set[str] = set()  # source rows a scoped load covers (source_pk_text)
         self.maps_ids = table.column(table.primary_key[0]).kind is Kind.ID
         self.cascade_recorded = False  # a scoped merge's removals were followed (record_cascade)
+        bookkeeping = [SOURCE_ID] if self.maps_ids else []
+        bookkeeping += [SOURCE_TEXT + c.name for c in table.unlinked_ids]
+        self.binary = BinaryRows.of(self.columns, [ROWID, *bookkeeping])
 
     def create_stage(self) -> None:
         cols = [f"{q(c.name)} {c.pg_type}" for c in self.columns]
@@ -104,7 +108,10 @@ class TableLoad:
     ) -> None:
         """Convert and stage the table, or only ``rowids`` of it. The temporary tables are
         analyzed afterwards: without statistics Postgres plans a scoped load's few staged rows
-        as a thousand and hash-joins them against the whole target."""
+        as a thousand and hash-joins them against the whole target. Only the columns the
+        stage is joined or grouped on (_joined_columns) are analyzed: a rule's filter on another
+        column scans the stage whatever its statistics say, and those columns (text, JSON)
+        cost most of an ANALYZE."""
         for batch in snapshot.batches(self.table, batch_rows, rowids):
             converted = convert_batch(self.table, batch, self.schema)
             self.considered += batch.num_rows
@@ -116,9 +123,20 @@ class TableLoad:
                 if SOURCE_ID in keys.column_names:
                     keys = keys.rename_columns([*self.table.primary_key, "_src"])
                 self._copy_into(self.touched, keys)
-        self.conn.execute(f"ANALYZE {self.stage}")
+        self.conn.execute(f"ANALYZE {self.stage} ({', '.join(self._joined_columns())})")
         if self.scoped:
             self._settle_touched()
+
+    def _joined_columns(self) -> list[str]:
+        """The stage's columns that the rules, the merge and the content check join, group
+        or filter it on: keys, UNIQUE columns, FK columns and the bookkeeping columns."""
+        table = self.table
+        names = [*table.primary_key, *(c for key in table.unique_keys for c in key)]
+        names += [c.name for c in table.foreign_keys]
+        names += [parent for _, parent in self._self_references()]
+        joined = [q(n) for n in dict.fromkeys(names)] + [ROWID]
+        joined += [SOURCE_ID] if self.maps_ids else []
+        return joined + [q(SOURCE_TEXT + c.name) for c in table.unlinked_ids]
 
     def _settle_touched(self) -> None:
         """Keep only the touched keys whose target row came from the same source row (a
@@ -169,14 +187,16 @@ class TableLoad:
 
     def collisions(self) -> set[str]:
         """Source rows outside the scope whose target row shares a key value with a staged row;
-        they must join the scope so that UNIQUE and PK rules see every contender."""
+        they must join the scope so that UNIQUE and PK rules see every contender. On the
+        primary key, t's key is s's: asking whether s's is touched lets Postgres drop the
+        staged rows whose target row is in the scope (nearly all) before it reaches the
+        target, rather than scanning the target to join all of them."""
         found: set[str] = set()
         for cols in self.table.unique_keys:
             on = " AND ".join(f"t.{q(c)} = s.{q(c)}" for c in cols)
+            outside = self._untouched("s" if cols == self.table.primary_key else "t")
             found |= self._source_pks(
-                "t",
-                f"FROM {q(self.table.name)} t JOIN {self.stage} s ON {on} "
-                f"WHERE {self._untouched('t')}",
+                "t", f"FROM {q(self.table.name)} t JOIN {self.stage} s ON {on} WHERE {outside}"
             )
         return found
 
@@ -224,12 +244,19 @@ class TableLoad:
         return found
 
     def copy(self, rows: pa.Table) -> None:
-        """COPY a batch; if Postgres refuses it, find and quarantine the refused rows one by one."""
+        """COPY a batch (binary where it encodes: target/binary.py); if Postgres refuses it,
+        find and quarantine the refused rows one by one."""
         names = ", ".join(q(n) for n in rows.column_names)
         statement = f"COPY {self.stage} ({names}) FROM STDIN (FORMAT csv)"
+        data = self.binary.encode(rows) if self.binary else None
+        if data is None:
+            whole, data = statement, _csv(rows)
+        else:
+            names = ", ".join(q(n) for n in self.binary.names)
+            whole = f"COPY {self.stage} ({names}) FROM STDIN (FORMAT binary)"
         try:
-            with self.conn.transaction(), self.conn.cursor().copy(statement) as copy:
-                copy.write(_csv(rows))
+            with self.conn.transaction(), self.conn.cursor().copy(whole) as copy:
+                copy.write(data)
         except psycopg.DataError:
             for i in range(rows.num_rows):
                 row = rows.slice(i, 1)
