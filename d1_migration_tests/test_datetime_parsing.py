@@ -7,14 +7,15 @@ and ``Decimal``. Generated valid, impossible and malformed texts must get the sa
 or the same rejection from both, in batches, so the vectorised masks are exercised together.
 """
 
-from datetime import UTC, datetime, timedelta
+import itertools
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pyarrow as pa
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from d1_migration.spec.kinds import parse_datetime
+from d1_migration.spec.kinds import MAX_US, parse_datetime, parse_datetime_general
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -182,3 +183,135 @@ def test_every_real_instant_in_an_accepted_form_is_accepted(text):
     """Valid by construction (the offset may push it past year 9999 or before year 1)."""
     micros, code, _ = product([text])[0]
     assert (micros is None) == (code == "out_of_range"), (text, code)
+
+
+# -- the common shapes' fast path against the general parser ---------------------------------
+# parse_datetime reads the common shapes from fixed positions and sends only the other rows to
+# parse_datetime_general; the texts below sit on and around the fast path's edges, so that a
+# row the fast path takes wrongly, or declines wrongly, gives a result that differs from the
+# general parser's: every spelling of every part (deterministically, all combinations), each
+# common shape with one character replaced, inserted or deleted anywhere, numbers either side
+# of each threshold, and (hypothesis) field values from valid to impossible, mixed in batches.
+
+COMMON = [
+    "2026-01-06 10:11:12",
+    "2026-01-06T10:11:12.345Z",
+    "2026-01-06T10:11:12Z",
+    "2026-01-06T10:11:12.345+05:30",
+    "2026-01-06T10:11:12.345678-08:00",
+    "2026-01-06",
+    "1767694272",
+    "1767694272123",
+]
+DATES = ["2026-01-06", "2024-02-29", "2023-02-29", "1900-02-29", "2000-02-29", "0001-01-01"]
+DATES += ["9999-12-31", "0000-01-01", "2026-13-01", "2026-00-10", "2026-04-31", "2026-01-00"]
+TIMES = ["10:11", "23:59:59", "10:11:12", "00:00:00", "24:00:00", "23:60:00", "23:59:60"]
+FRACTIONS = ["", ".", ".5", ".05", ".9999999"] + ["." + "1234567890X"[:k] for k in range(1, 12)]
+ZONES = ["", "Z", "z", " Z", " z", "ZZ", "+00:00", "+05:30", "-05:30", "-00:01", "+23:59"]
+ZONES += ["+24:00", "+05:60", "+0530", "-0530", "+05", "+05:", " +05:30", "+5:30", "05:30"]
+WRAPS = [("", ""), (" ", ""), ("", "\n"), ("\u00a0", "\u2003")]
+MUTATION_CHARS = "0123456789-:.+ TtZz\t\u00a0\u0660x"
+NUMBER_EDGES = [0, 978_307_200, 10**11, 978_307_200_000, 10**13, MAX_US // 1000, 10**16]
+
+
+def spellings() -> list[str]:
+    """Every combination of a date, a time, a fraction, a zone and surrounding whitespace."""
+    clocks = [""] + [sep + time for sep in "T t" for time in TIMES]
+    return [
+        f"{before}{day}{clock}{fraction}{zone}{after}"
+        for day, clock, zone, (before, after) in itertools.product(DATES, clocks, ZONES, WRAPS)
+        for fraction in (FRACTIONS if clock else [""])
+    ]
+
+
+def mutations(text: str) -> list[str]:
+    """``text`` with one character replaced, inserted or deleted, at every position."""
+    return [
+        text[:at] + edit + text[at + skip :]
+        for at in range(len(text) + 1)
+        for edit, skip in [
+            ("", 1),
+            *((c, 1) for c in MUTATION_CHARS),
+            *((c, 0) for c in MUTATION_CHARS),
+        ]
+    ]
+
+
+def numbers() -> list[str]:
+    """Integers either side of each threshold and limit, in every spelling the parsers read."""
+    values = [e + d for e in NUMBER_EDGES for d in range(-3, 4) if e + d >= 0]
+    values += [int("9" * k) for k in range(1, 19)] + [10**k for k in range(19)]
+    return [
+        f"{prefix}{value}{suffix}"
+        for value in values
+        for prefix in ["", "0", "00", "-", "+", " "]
+        for suffix in ["", ".0", ".5", ".", "e3", " "]
+    ]
+
+
+def assert_agree(texts: list[str | None], skip: int = 0) -> None:
+    """Identical arrays (values, nulls, types) from both, also from an array that starts at an
+    offset (``skip`` rows sliced off)."""
+    text = pa.array([None] * skip + texts, pa.string()).slice(skip)
+    for fast, general in zip(parse_datetime(text), parse_datetime_general(text), strict=True):
+        if not fast.equals(general):
+            rows = [i for i, (a, b) in enumerate(zip(fast, general, strict=True)) if a != b]
+            differ = [(texts[i], fast[i], general[i]) for i in rows[:5]]
+            assert fast.type == general.type and not rows, differ
+
+
+def test_every_spelling_agrees_with_the_general_parser():
+    assert_agree(spellings())
+
+
+def test_every_near_miss_of_a_common_shape_agrees_with_the_general_parser():
+    assert_agree([m for text in COMMON for m in mutations(text)] + numbers(), skip=1)
+
+
+def fields(low: int, high: int, width: int) -> st.SearchStrategy[str]:
+    return st.integers(low, high).map(lambda n: str(n).zfill(width))
+
+
+@st.composite
+def near_common_texts(draw: st.DrawFn) -> str:
+    """A common shape (or one step from it), its fields anywhere from valid to impossible."""
+    real = draw(st.booleans())
+    if real:
+        text = draw(st.dates(date(1, 1, 1), date(9999, 12, 31))).isoformat()
+    else:
+        text = f"{draw(fields(0, 9999, 4))}-{draw(fields(0, 19, 2))}-{draw(fields(0, 39, 2))}"
+    hh, mm, ss = (
+        draw(fields(0, 23 if real else 29, 2)),
+        *(draw(fields(0, 59 if real else 69, 2)) for _ in range(2)),
+    )
+    if draw(st.integers(0, 4)):
+        text += draw(st.sampled_from("T T")) + f"{hh}:{mm}:{ss}"
+        if draw(st.booleans()):
+            text += "." + draw(st.text("0123456789", min_size=1, max_size=10))
+    offset = st.tuples(
+        st.sampled_from("+-"),
+        fields(0, 23 if real else 29, 2),
+        st.sampled_from([":", ":", ""]),
+        fields(0, 59 if real else 69, 2),
+    ).map("".join)
+    return text + draw(st.one_of(st.sampled_from(["", "Z", "Z", "z"]), offset))
+
+
+@given(
+    st.lists(
+        st.one_of(
+            near_common_texts(),
+            st.integers(0, 10**14).map(str),
+            iso_texts(impossible=False),
+            iso_texts(impossible=True),
+            epoch_texts,
+            noise,
+            st.none(),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(0, 3),
+)
+def test_parse_datetime_agrees_with_the_general_parser(batch, skip):
+    assert_agree(batch, skip)

@@ -103,9 +103,9 @@ class Failures:
 
     def add(self, column: str, mask: pa.Array, code: str, reason: Reason) -> None:
         """``reason`` may be a function that makes it: called only when a row fails."""
-        mask = pc.fill_null(mask, False)
-        if not pc.any(mask).as_py():
+        if not pc.any(mask).as_py():  # nulls skipped: no failure (a NULL mask row is none)
             return
+        mask = pc.fill_null(mask, False)
         if callable(reason):
             reason = reason()
         reason_arr = pc.if_else(mask, reason, pa.scalar(None, pa.string()))
@@ -434,27 +434,15 @@ def _epoch_micros(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pc.if_else(negative, pc.negate(micros), micros), pc.is_valid(parts)
 
 
-def parse_datetime(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """Microseconds since the epoch (UTC), a failure code per row, and whether it is midnight UTC.
-
-    Accepts what Workers apps write: SQLite's 'YYYY-MM-DD HH:MM:SS' (UTC), ISO 8601 with 'T',
-    fractional seconds, 'Z' or an offset, date-only, and epoch seconds or milliseconds (as
-    numbers or text; |n| >= 1e11 means milliseconds) from 2001 on. Fractions beyond microseconds
-    truncate, in both forms.
-    """
-    text = pc.utf8_trim_whitespace(text)
-    epoch_us, is_number = _epoch_micros(text)
-
-    parts = pc.extract_regex(text, ISO_RE)
-    matched = pc.is_valid(parts)
-    field = {
-        name: pc.fill_null(pc.struct_field(parts, name), "")
-        for name in ("y", "mo", "d", "h", "mi", "s", "f", "z", "sign", "oh", "om")
-    }
-    y, mo, d = _int(field["y"]), _int(field["mo"]), _int(field["d"])
-    h, mi, s = _int(field["h"]), _int(field["mi"]), _int(field["s"])
-    frac = _int(pc.utf8_rpad(pc.utf8_slice_codeunits(field["f"], 0, 6), 6, "0"))
-    oh, om = _int(field["oh"]), _int(field["om"])
+def _civil_micros(
+    fields: dict[str, pa.Array], negative_offset: pa.Array
+) -> tuple[pa.Array, pa.Array]:
+    """Microseconds (UTC) of ISO fields as integers (y, mo, d, h, mi, s, frac in microseconds,
+    oh, om), and whether they name a real date and time; both parsers share it, so a text gets
+    the same arithmetic and the same calendar rules whichever of them reads it."""
+    y, mo, d, h, mi, s, frac, oh, om = (
+        fields[name] for name in ("y", "mo", "d", "h", "mi", "s", "frac", "oh", "om")
+    )
     leap = pc.and_(
         pc.equal(pc.modulo(y, 4), 0),
         pc.or_(pc.not_equal(pc.modulo(y, 100), 0), pc.equal(pc.modulo(y, 400), 0)),
@@ -484,11 +472,38 @@ def parse_datetime(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     days = pc.subtract(pc.add(pc.multiply(era, 146_097), doe), 719_468)
     seconds = pc.add(pc.multiply(pc.add(pc.multiply(h, 60), mi), 60), s)
     offset_min = pc.add(pc.multiply(oh, 60), om)
-    offset_min = pc.if_else(pc.equal(field["sign"], "-"), pc.negate(offset_min), offset_min)
-    iso_us = pc.add(
+    offset_min = pc.if_else(negative_offset, pc.negate(offset_min), offset_min)
+    micros = pc.add(
         pc.add(pc.multiply(days, US_PER_DAY), pc.multiply(seconds, 1_000_000)),
         pc.subtract(frac, pc.multiply(offset_min, 60_000_000)),
     )
+    return micros, real
+
+
+def _midnight(micros: pa.Array, is_number: pa.Array) -> pa.Array:
+    """Whether an instant is midnight UTC; never for an epoch number (no date was written)."""
+    midnight = pc.equal(
+        pc.subtract(micros, pc.multiply(pc.divide(micros, US_PER_DAY), US_PER_DAY)), 0
+    )
+    return pc.and_(midnight, pc.invert(is_number))
+
+
+def parse_datetime_general(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """``parse_datetime`` of any text, in every accepted form and every failure: two regex
+    extractions and some eighty kernels on every row, which is why parse_datetime sends it only
+    the rows its common shapes do not take."""
+    text = pc.utf8_trim_whitespace(text)
+    epoch_us, is_number = _epoch_micros(text)
+
+    parts = pc.extract_regex(text, ISO_RE)
+    matched = pc.is_valid(parts)
+    field = {
+        name: pc.fill_null(pc.struct_field(parts, name), "")
+        for name in ("y", "mo", "d", "h", "mi", "s", "f", "z", "sign", "oh", "om")
+    }
+    fields = {name: _int(field[name]) for name in ("y", "mo", "d", "h", "mi", "s", "oh", "om")}
+    fields["frac"] = _int(pc.utf8_rpad(pc.utf8_slice_codeunits(field["f"], 0, 6), 6, "0"))
+    iso_us, real = _civil_micros(fields, pc.equal(field["sign"], "-"))
 
     valid_iso = pc.and_(matched, pc.fill_null(real, False))
     micros = pc.if_else(is_number, epoch_us, pc.if_else(valid_iso, iso_us, None))
@@ -505,10 +520,94 @@ def parse_datetime(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     code = pc.if_else(pc.and_(pc.is_null(code), early), "implausible_datetime", code)
     code = pc.if_else(pc.is_valid(text), code, None)
     micros = pc.if_else(pc.is_null(code), micros, None)
-    midnight = pc.equal(
-        pc.subtract(micros, pc.multiply(pc.divide(micros, US_PER_DAY), US_PER_DAY)), 0
+    return micros, code, _midnight(micros, is_number)
+
+
+# The shapes nearly every value has (SQLite's datetime(), JavaScript's toISOString(), an ISO
+# offset, a date, epoch seconds or milliseconds as integer text), which parse_datetime reads
+# from fixed positions instead of through ISO_RE: no whitespace, 'T' or ' ', seconds always,
+# a zone only as 'Z' or '+HH:MM'. Every other accepted spelling is parse_datetime_general's.
+COMMON_ISO_RE = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+)
+COMMON_EPOCH_DIGITS = 13  # up to 9999999999999 (ms, the year 2286): whole * 1e6 fits int64
+
+
+def _digits_at(text: pa.Array, start: int, stop: int | None) -> pa.Array:
+    """The integer at text[start:stop] of texts that hold ASCII digits there."""
+    return pc.cast(pc.binary_slice(text, start, stop), pa.int64())
+
+
+def _common_iso_micros(text: pa.Array) -> pa.Array:
+    """Microseconds of COMMON_ISO_RE texts, NULL where they are no real instant in range (the
+    general parser names the reason). A date alone is padded with zeros to the time's width; the
+    offset is read from the end and cut off, and a 'Z' trimmed, before the fraction is read."""
+    padded = pc.utf8_rpad(text, 19, "0").cast(pa.binary())
+    at = partial(_digits_at, padded)
+    sign = pc.binary_slice(padded, -6, -5)  # a sign there can only be the offset's
+    has_offset = pc.or_(pc.equal(sign, b"+"), pc.equal(sign, b"-"))
+    offset = pc.if_else(has_offset, pc.binary_slice(padded, -6, None), b"+00:00")
+    core = pc.if_else(has_offset, pc.binary_slice(padded, 0, -6), padded)
+    fraction = pc.utf8_rtrim(pc.binary_slice(core, 20, 26).cast(pa.string()), "Z")
+    fields = {
+        "y": at(0, 4),
+        "mo": at(5, 7),
+        "d": at(8, 10),
+        "h": at(11, 13),
+        "mi": at(14, 16),
+        "s": at(17, 19),
+        "frac": pc.cast(pc.utf8_rpad(fraction, 6, "0"), pa.int64()),
+        "oh": _digits_at(offset, 1, 3),
+        "om": _digits_at(offset, 4, 6),
+    }
+    micros, real = _civil_micros(fields, pc.equal(sign, b"-"))
+    in_range = pc.and_(pc.greater_equal(micros, MIN_US), pc.less_equal(micros, MAX_US))
+    return pc.if_else(pc.and_(real, in_range), micros, None)
+
+
+def _common_epoch_micros(digits: pa.Array) -> pa.Array:
+    """Microseconds of integer texts of at most COMMON_EPOCH_DIGITS digits, NULL where they are
+    before 2001 (the general parser says why)."""
+    whole = pc.cast(digits, pa.int64())
+    scale = pc.if_else(pc.greater_equal(whole, EPOCH_MS_THRESHOLD), 1_000, 1_000_000)
+    micros = pc.multiply(whole, scale)
+    return pc.if_else(pc.greater_equal(micros, FIRST_PLAUSIBLE_US), micros, None)
+
+
+def parse_datetime(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Microseconds since the epoch (UTC), a failure code per row, and whether it is midnight UTC.
+
+    Accepts what Workers apps write: SQLite's 'YYYY-MM-DD HH:MM:SS' (UTC), ISO 8601 with 'T',
+    fractional seconds, 'Z' or an offset, date-only, and epoch seconds or milliseconds (as
+    numbers or text; |n| >= 1e11 means milliseconds) from 2001 on. Fractions beyond microseconds
+    truncate, in both forms.
+
+    The rows in a common shape are read from fixed positions; only the others (and common
+    shapes that fail) go through parse_datetime_general, filtered out and scattered back, with
+    the same results (test_datetime_parsing compares the two on adversarial texts).
+    """
+    n = len(text)
+    micros = pa.nulls(n, pa.int64())
+    is_number = pc.fill_null(
+        pc.and_(
+            pc.ascii_is_decimal(text), pc.less_equal(pc.binary_length(text), COMMON_EPOCH_DIGITS)
+        ),
+        False,
     )
-    midnight = pc.and_(midnight, pc.invert(is_number))
+    is_iso = pc.fill_null(pc.match_substring_regex(text, COMMON_ISO_RE), False)
+    for shape, parse in ((is_number, _common_epoch_micros), (is_iso, _common_iso_micros)):
+        if pc.any(shape).as_py():
+            micros = pc.replace_with_mask(micros, shape, parse(pc.filter(text, shape)))
+    midnight = _midnight(micros, is_number)
+    code = pa.nulls(n, pa.string())
+    rest = pc.and_(pc.is_valid(text), pc.is_null(micros))
+    if pc.any(rest).as_py():
+        other = parse_datetime_general(pc.filter(text, rest))
+        micros, code, midnight = (
+            pc.replace_with_mask(whole, rest, part)
+            for whole, part in zip((micros, code, midnight), other, strict=True)
+        )
     return micros, code, midnight
 
 
