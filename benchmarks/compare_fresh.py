@@ -88,6 +88,8 @@ SCHEMA_QUERIES = {
         JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE NOT t.tgisinternal AND n.nspname IN ('public', 'd1_migration')""",
 }
+# Which column of each catalog query names the relation (or type) a row is about.
+RELATION_COLUMN = {"columns": 1, "constraints": 1, "indexes": 1, "enums": 1, "triggers": 0}
 QUARANTINE_QUERIES = {
     "rejected_rows": """
         SELECT source_table, source_pk, target_pk, reason_code, column_name, reason, raw_row,
@@ -438,7 +440,7 @@ def render(base: Version, head: Version, source: Path, result: Comparison, load:
     lines.append("")
     for d in result.schema:
         if not d.same:
-            lines += [f"**{d.name}**:", "", *_rows_block(d)]
+            lines += [f"**{d.name}**:", "", *_rows_block(d), *_schema_origins(d, base, head)]
     lines += [
         f"### App tables ({len(result.tables)} in both)",
         "",
@@ -477,6 +479,28 @@ def render(base: Version, head: Version, source: Path, result: Comparison, load:
         if not d.same:
             lines += [f"**{d.name}**:", "", *_rows_block(d)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def first_commit_naming(name: str, base: str, head: str) -> str:
+    """The oldest commit in base..head whose change to d1_migration/ adds or removes ``name``
+    (``git log -S``): where a schema difference was most likely made on purpose."""
+    log = git(
+        "log", "--reverse", "--format=%h %s", "-S", name, f"{base}..{head}", "--", "d1_migration"
+    )
+    return log.splitlines()[0] if log else ""
+
+
+def _schema_origins(d: Difference, base: Version, head: Version) -> list[str]:
+    names = {
+        row.split("\t")[RELATION_COLUMN[d.name]].rsplit(".", 1)[-1]
+        for row in [*d.only_base, *d.only_head]
+    }
+    lines = []
+    for name in sorted(names):
+        commit = first_commit_naming(name, base.commit, head.commit)
+        origin = f"first named in `d1_migration/` by {commit}" if commit else "no commit names it"
+        lines.append(f"- `{name}`: {origin}")
+    return [*lines, ""]
 
 
 def _source_rows(source: Path) -> int:
