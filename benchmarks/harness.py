@@ -607,7 +607,15 @@ def extrapolation(results: Results) -> list[str]:
     return lines
 
 
-def render(results: Results, chart_name: str) -> str:
+# Written beside results.md by hand from their own commands, linked from it when present.
+COMPANIONS = {
+    "profile.md": "where the time goes, behind each target missed (benchmarks/profile_run.py)",
+    "fresh_migration.md": "a fresh migration before and after this work, table by table "
+    "(benchmarks/compare_fresh.py)",
+}
+
+
+def render(results: Results, chart_name: str, companions: Sequence[str] = ()) -> str:
     m = results.machine
     args = results.args
     lines = [
@@ -656,6 +664,8 @@ def render(results: Results, chart_name: str) -> str:
     for s in results.sizes:
         lines += size_table(s)
     lines += targets(results)
+    if companions:
+        lines += [f"- [{name}]({name}): {COMPANIONS[name]}" for name in companions] + [""]
     if results.resync:
         lines += resync_table(results.resync)
     lines += extrapolation(results)
@@ -737,7 +747,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raw = Path(args.workdir) / "results.json"
         raw.write_text(results.to_json())
         print(f"raw results: {raw}")
-    args.results.write_text(render(results, os.path.relpath(args.chart, args.results.parent)))
+    companions = [n for n in COMPANIONS if (args.results.parent / n).exists()]
+    chart_name = os.path.relpath(args.chart, args.results.parent)
+    args.results.write_text(render(results, chart_name, companions))
     chart(results, args.chart)
     print(f"wrote {args.results} and {args.chart}")
     failed = [r for s in results.sizes for r in s.runs if not r.ok]
