@@ -99,7 +99,6 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="profile_run_") as tmp:
             raw, figures = Path(tmp) / "raw.txt", Path(tmp) / "figures.json"
             server_before, started = postgres_cpu_seconds(), time.perf_counter()
-            before = os.times()
             subprocess.run(
                 [
                     str(Path(sys.executable).with_name("py-spy")),
@@ -126,12 +125,10 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            wall, after = time.perf_counter() - started, os.times()
+            wall = time.perf_counter() - started
             server = postgres_cpu_seconds() - server_before
-            client = (after.children_user - before.children_user) + (
-                after.children_system - before.children_system
-            )
             run = json.loads(figures.read_text())
+            client = run["cpu_seconds"]
             threads: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
             for line in raw.read_text().splitlines():
                 stack, count = line.rsplit(" ", 1)
@@ -151,7 +148,7 @@ def main() -> None:
         f"{run['seconds']:.1f} s, the table step {run['tables_seconds']:.1f} s, importing "
         f"{run['import_seconds']:.1f} s).",
         "",
-        f"- CPU: this project's process {client:.1f} s (py-spy's own included), Postgres "
+        f"- CPU: this project's process {client:.1f} s (all its threads), Postgres "
         f"{server:.1f} s; together {client + server:.1f} s of the {2 * wall:.1f} s two cores "
         f"give in {wall:.1f} s.",
         "",

@@ -72,6 +72,8 @@ def full(source: Path, url: str, state: Path) -> dict:
     )
     figures = _run_figures(time.perf_counter() - started, summary)
     figures["import_seconds"] = imported
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    figures["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # every thread, imports included
     figures["maxrss_mib_in_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
 
