@@ -4,7 +4,7 @@ Each target column is selected as the projections its kind declares (spec/kinds.
 code plus a value that is homogeneous for the kind, and the kind's extras.
 
 A whole table is read by ADBC's SQLite driver, which builds the Arrow arrays in C: 2 to 4 times
-faster than Python's ``sqlite3`` handing over a tuple per row (benchmarks/first_load.md), and it
+faster than Python's ``sqlite3`` handing over a tuple per row (benchmarks/source_read.py), and it
 leaves the GIL to the conversions. ADBC opens a connection of its own, so it reads the snapshot's
 state only while the snapshot's read lock keeps every writer from committing: that holds in
 rollback-journal mode (a D1 export, a copied file), not in WAL mode, where a reader sees what was
