@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,6 +401,22 @@ def _rows_block(diff: Difference) -> list[str]:
     return lines
 
 
+def _section(
+    diffs: list[Difference],
+    counted: str,
+    more: Callable[[Difference], list[str]] = lambda d: [],
+) -> list[str]:
+    """A count table (``counted``: its first three headers) and, under it, the rows of each
+    difference, with ``more`` of what explains it."""
+    lines = [f"| {counted} | only in base | only in head |", "|---|---:|---:|---:|---:|"]
+    lines += [_count_row(d) for d in diffs]
+    lines.append("")
+    for d in diffs:
+        if not d.same:
+            lines += [f"**{d.name}**:", "", *_rows_block(d), *more(d)]
+    return lines
+
+
 def render(base: Version, head: Version, source: Path, result: Comparison, load: tuple) -> str:
     verdict = "identical" if result.same else "DIFFERENT"
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -433,14 +449,10 @@ def render(base: Version, head: Version, source: Path, result: Comparison, load:
     lines += [
         "### Schema (`public` and `d1_migration`)",
         "",
-        "| catalog | base | head | only in base | only in head |",
-        "|---|---:|---:|---:|---:|",
     ]
-    lines += [_count_row(d) for d in result.schema]
-    lines.append("")
-    for d in result.schema:
-        if not d.same:
-            lines += [f"**{d.name}**:", "", *_rows_block(d), *_schema_origins(d, base, head)]
+    lines += _section(
+        result.schema, "catalog | base | head", lambda d: _schema_origins(d, base, head)
+    )
     lines += [
         f"### App tables ({len(result.tables)} in both)",
         "",
@@ -455,14 +467,8 @@ def render(base: Version, head: Version, source: Path, result: Comparison, load:
         f"{sum(d.head_rows for d in result.tables):,} in head); rows compared over all "
         "columns as multisets (EXCEPT ALL both ways).",
         "",
-        "| table | base rows | head rows | only in base | only in head |",
-        "|---|---:|---:|---:|---:|",
     ]
-    lines += [_count_row(d) for d in result.tables]
-    lines.append("")
-    for d in result.tables:
-        if not d.same:
-            lines += [f"**{d.name}**:", "", *_rows_block(d)]
+    lines += _section(result.tables, "table | base rows | head rows")
     lines += [
         "### Quarantine and key maps (`d1_migration`)",
         "",
@@ -470,14 +476,8 @@ def render(base: Version, head: Version, source: Path, result: Comparison, load:
         "reason, raw_row and whether the entry is open (timestamps and run ids left out); "
         "id_map and ref_map over all columns.",
         "",
-        "| table | base rows | head rows | only in base | only in head |",
-        "|---|---:|---:|---:|---:|",
     ]
-    lines += [_count_row(d) for d in result.bookkeeping]
-    lines.append("")
-    for d in result.bookkeeping:
-        if not d.same:
-            lines += [f"**{d.name}**:", "", *_rows_block(d)]
+    lines += _section(result.bookkeeping, "table | base rows | head rows")
     return "\n".join(lines).rstrip() + "\n"
 
 
