@@ -178,20 +178,7 @@ def demo_instance(workdir: Path) -> DagsterInstance:
         return DagsterInstance.get()
     storage_url = embedded_postgres_url(workdir, DAGSTER_STORAGE_DB)
     home = (workdir / "dagster_home").resolve()
-    instance = pooled_instance(home, storage_url)
-    _without_telemetry(home / "dagster.yaml")
-    return instance
-
-
-def _without_telemetry(config: Path) -> None:
-    """Telemetry off in the demo instance's dagster.yaml, which `dagster dev` then reads
-    too: no banner on its first start (Dagster prints one while the instance has no id)."""
-    import yaml
-
-    settings = yaml.safe_load(config.read_text()) or {}
-    if settings.get("telemetry") != {"enabled": False}:
-        settings["telemetry"] = {"enabled": False}
-        config.write_text(yaml.safe_dump(settings))
+    return pooled_instance(home, storage_url)
 
 
 def _instance(workdir: Path, create: bool) -> DagsterInstance | None:

@@ -129,9 +129,14 @@ def _masked(error: Exception, password: str | None) -> str:
 
 def pooled_instance(home: Path, postgres_url: str) -> DagsterInstance:
     """An instance whose dagster.yaml, written in ``home``, puts its storage in
-    ``postgres_url`` through this class, as the project's dagster.yaml does."""
+    ``postgres_url`` through this class, as the project's dagster.yaml does. Telemetry is off
+    from the start, as there: an instance with it on prints Dagster's banner on a machine's
+    first run (until ~/.dagster/.telemetry holds an id), and `dagster dev` reads this file too."""
     storage = {"module": __name__, "class": PooledPostgresStorage.__name__}
-    config = {"storage": {"custom": {**storage, "config": {"postgres_url": postgres_url}}}}
+    config = {
+        "storage": {"custom": {**storage, "config": {"postgres_url": postgres_url}}},
+        "telemetry": {"enabled": False},
+    }
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return DagsterInstance.from_config(str(home))
