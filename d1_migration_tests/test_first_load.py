@@ -27,10 +27,12 @@ from d1_migration_tests.test_migrate_cases import NOW, ROWS, U1
 
 # Beyond the cases file: ids equal once normalised (D1 holds them as different text), so chains
 # of duplicates on the key and on a second UNIQUE key; a duplicate of a row that fails its CHECK;
-# a duplicate whose first row Postgres refuses; a deeper self-reference.
+# a duplicate whose first row Postgres refuses; a duplicate of an orphan (which claims its key
+# before the FK rule rejects it, so both leave); a deeper self-reference.
 X = "BBBBBBBB-CCCC-4DDD-8EEE-FFFFFFFFFFFF"
 W = "CCCCCCCC-DDDD-4EEE-8FFF-000000000000"
 A = "DDDDDDDD-EEEE-4FFF-8000-111111111111"
+ORPHAN = "EEEEEEEE-FFFF-4000-8111-222222222222"
 USER = "INSERT INTO users (id, name, email, approved, created_at, updated_at) VALUES "
 WALLET = "INSERT INTO user_wallet (id, user_id, coins, xp, updated_at) VALUES "
 EVENT = (
@@ -47,6 +49,8 @@ EXTRA = [
     f"INSERT INTO activity_events VALUES ('{A}', '{U1}', 'x', '{{\"s\":\"\\ud801\"}}', {NOW})",
     f"INSERT INTO activity_events VALUES ('{A.lower()}', '{U1}', 'x', '{{}}', {NOW})",
     f"INSERT INTO activity_events VALUES ('a8', '{U1}', 'x', '{{\"k\":\"\\udbff\"}}', {NOW})",
+    f"INSERT INTO activity_events VALUES ('{ORPHAN}', 'nobody', 'x', '{{}}', {NOW})",
+    f"INSERT INTO activity_events VALUES ('{ORPHAN.lower()}', '{U1}', 'x', '{{}}', {NOW})",
 ] + [
     f"{EVENT}('{c}', '{u}', 'E', {NOW}, {parent}, {NOW}, {NOW})"
     for c, u, parent in [
@@ -129,6 +133,30 @@ def test_first_load_equals_the_staged_load(fixture, tmp_path, new_database, monk
             "missing_parent",
             "parent_quarantined",
         } <= reasons
+
+
+def test_keys_stay_out_of_python_unless_a_duplicate_appears(tmp_path, new_database, monkeypatch):
+    """Postgres finds duplicate keys; only a table that has one (or refers to itself) is loaded
+    again with its keys in Python dicts, so the usual load holds no table's keys in memory."""
+    source = _cases(tmp_path / "d1.sqlite")
+    seen: dict[str, tuple[bool, int]] = {}
+    original = first_load.FirstLoad.run
+
+    def recorded(self):
+        counts = original(self)
+        seen[self.table.name] = (self.dedupe, sum(len(keys) for keys in self.seen))
+        return counts
+
+    monkeypatch.setattr(first_load.FirstLoad, "run", recorded)
+    results = sync(new_database(), source, None, incremental=False)
+    duplicated = {name for name, r in results.items() if "duplicate_key" in r.reasons}
+    own = {t.name for t in SCHEMA.tables if any(c.parent[0] == t.name for c in t.foreign_keys)}
+    assert {"users", "user_wallet", "activity_events"} <= duplicated
+    assert {name for name, (dedupe, _) in seen.items() if dedupe} == duplicated | own
+    assert all(kept == 0 for name, (_, kept) in seen.items() if name not in duplicated | own)
+    # activity_events' only duplicate is ORPHAN's twin: the orphan never reaches Postgres, so
+    # it is the check of the rejected claimants that sends the table round again
+    assert results["activity_events"].reasons["duplicate_key"] == 1
 
 
 def test_first_load_restores_constraints_and_indexes(tmp_path, new_database):
@@ -304,3 +332,62 @@ def test_the_read_ahead_hands_its_errors_to_the_reader():
         assert next(items) == 1
         with pytest.raises(ValueError, match="went away"):
             next(items)
+
+
+def _read_aheads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "d1m-read-ahead" and t.is_alive()]
+
+
+def test_the_next_table_is_read_while_this_one_finishes(tmp_path, new_database, monkeypatch):
+    """Each first load after the first finds its rows already read (first_load.Prefetch),
+    started once the table before it had read its own; the rows are those of the staged path."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=60, bad_rows=True)
+    prefetched, began = [], {}
+    take, after = first_load.Prefetch.take, first_load.Prefetch.after
+
+    def taken(self, table):
+        ahead = take(self, table)
+        prefetched.append((table.name, ahead is not None))
+        return ahead
+
+    def started(self, conn, table):
+        after(self, conn, table)
+        if self._pending is not None:
+            began.setdefault(self._pending[0], table.name)
+
+    monkeypatch.setattr(first_load.Prefetch, "take", taken)
+    monkeypatch.setattr(first_load.Prefetch, "after", started)
+    fast = new_database()
+    sync(fast, source, None, incremental=False)
+    assert [name for name, hit in prefetched if not hit] == [prefetched[0][0]]
+    assert len(prefetched) == len(SCHEMA.tables)
+    names = [name for name, _ in prefetched]
+    assert all(began[b] == a for a, b in itertools.pairwise(names))  # each by the one before
+    monkeypatch.setattr(first_load, "ENABLED", False)
+    staged = new_database()
+    sync(staged, source, None, incremental=False)
+    assert dump(fast) == dump(staged)
+    assert not _read_aheads()
+
+
+def test_a_read_ahead_nobody_takes_is_stopped(tmp_path, new_database, monkeypatch):
+    """A table fails once it has read its rows: the next table, read ahead, is skipped (an
+    ancestor failed) and its reading thread stops rather than waiting on a full queue."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=60, bad_rows=False)
+    monkeypatch.setattr(first_load, "READ_AHEAD", 1)  # the prefetch fills its queue at once
+    add = first_load.FirstLoad._add
+
+    def failing(self, constraints):
+        if self.table.name == "users" and constraints:
+            raise RuntimeError("the index build failed")
+        return add(self, constraints)
+
+    monkeypatch.setattr(first_load.FirstLoad, "_add", failing)
+    with pytest.raises(Exception, match="the index build failed"):
+        sync(new_database(), source, None, incremental=False)
+    deadline = time.monotonic() + 5
+    while _read_aheads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _read_aheads()

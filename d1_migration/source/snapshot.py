@@ -294,7 +294,7 @@ class Snapshot:
         self, table: Table, batch_rows: int, rowids: Sequence[int] | None = None
     ) -> Iterator[pa.RecordBatch]:
         """The table (or only ``rowids`` of it) as Arrow batches of at most ``batch_rows``."""
-        if rowids is None and self._arrow_reads():
+        if rowids is None and self.arrow_reads():
             return self.arrow_batches(table, batch_rows)
         return self.sqlite_batches(table, batch_rows, rowids)
 
@@ -313,7 +313,7 @@ class Snapshot:
                 schema=schema,
             )
 
-    def _arrow_reads(self) -> bool:
+    def arrow_reads(self) -> bool:
         """Whether a second connection sees this snapshot: not in WAL mode, with the read lock
         held (version() takes it, and keeps the state it reads for arrow_batches to confirm)."""
         if self._locked is None:
@@ -327,8 +327,8 @@ class Snapshot:
 
     def arrow_batches(self, table: Table, batch_rows: int) -> Iterator[pa.RecordBatch]:
         """batches() of the whole table through ADBC, in rowid order, typed as sqlite3's;
-        only while _arrow_reads() holds."""
-        if not self._arrow_reads():
+        only while arrow_reads() holds."""
+        if not self.arrow_reads():
             raise RuntimeError(f"{self._path}: a second connection would not see this snapshot")
         schema = batch_schema(table)
         zeros = ", ".join(f"{_TYPED_ZERO[f.type]} AS {q(f.name)}" for f in schema)

@@ -24,7 +24,8 @@ from d1_migration.spec.model import Schema, Table
 from d1_migration.sync.shadow import Shadow
 from d1_migration.sync.target_lock import holder_name, target_lock
 from d1_migration.target.ddl import ensure_schema, load_order
-from d1_migration.target.load import TableResult, ancestors, migrate_table
+from d1_migration.target.first_load import Prefetch
+from d1_migration.target.load import BATCH_ROWS, TableResult, ancestors, migrate_table
 from d1_migration.verify.drift import Drift, schema_drift
 
 log = logging.getLogger(__name__)
@@ -137,33 +138,44 @@ def _sync_locked(
     if shadow is not None and incremental:
         shadow.prefetch([t for t in order if t.name in wanted])
     failed: set[str] = set()
-    for table in order:
-        if table.name not in wanted:
-            yield Outcome(table, Status.UNSELECTED)
-            continue
-        if ancestors(schema, table) & failed:
-            failed.add(table.name)
-            log.error("%s: not synced, an ancestor table failed", table.name)
-            yield Outcome(table, Status.SKIPPED, error="an ancestor table failed")
-            continue
-        try:
-            result = migrate_table(
-                conn, snapshot, table, schema, run_id, shadow=shadow, incremental=incremental
-            )
-        except Exception as error:  # the table is unchanged (one transaction); go on
-            if shadow is not None:
-                shadow.rollback()
-            if lost := _lost(conn, error, unsynced):
-                log.error("%s", lost)
-                raise lost from error
-            failed.add(table.name)
-            log.exception("%s: sync failed, the table is unchanged", table.name)
-            yield Outcome(table, Status.FAILED, error=f"{type(error).__name__}: {error}")
-            continue
-        if result.shadow_note:
-            log.warning(result.shadow_note)
-        unsynced.remove(table.name)
-        yield Outcome(table, Status.SYNCED, result)
+    prefetch = Prefetch(snapshot, schema, [t for t in order if t.name in wanted], BATCH_ROWS)
+    try:
+        for table in order:
+            if table.name not in wanted:
+                yield Outcome(table, Status.UNSELECTED)
+                continue
+            if ancestors(schema, table) & failed:
+                failed.add(table.name)
+                log.error("%s: not synced, an ancestor table failed", table.name)
+                yield Outcome(table, Status.SKIPPED, error="an ancestor table failed")
+                continue
+            try:
+                result = migrate_table(
+                    conn,
+                    snapshot,
+                    table,
+                    schema,
+                    run_id,
+                    shadow=shadow,
+                    incremental=incremental,
+                    prefetch=prefetch,
+                )
+            except Exception as error:  # the table is unchanged (one transaction); go on
+                if shadow is not None:
+                    shadow.rollback()
+                if lost := _lost(conn, error, unsynced):
+                    log.error("%s", lost)
+                    raise lost from error
+                failed.add(table.name)
+                log.exception("%s: sync failed, the table is unchanged", table.name)
+                yield Outcome(table, Status.FAILED, error=f"{type(error).__name__}: {error}")
+                continue
+            if result.shadow_note:
+                log.warning(result.shadow_note)
+            unsynced.remove(table.name)
+            yield Outcome(table, Status.SYNCED, result)
+    finally:
+        prefetch.close()  # one not taken (its table failed, or was skipped)
     if shadow is not None:
         shadow.checkpoint()
 

@@ -10,8 +10,17 @@ because SQLite hands them over in rowid order and every rule keeps the lowest ro
 - CHECK expressions are evaluated on the converted columns (``arrow_check``: comparisons,
   AND/OR/NOT, IS [NOT] NULL, with SQL's three-valued logic); a table with an expression this
   does not read takes the staged path.
-- UNIQUE keys (the primary key first): a row is a duplicate when an earlier surviving row has
-  its key; the keys seen so far are kept per key (in a dict, with the rowid that was kept).
+- UNIQUE keys (the primary key first): Postgres finds duplicates, in bulk. A key constraint no
+  other table's FK depends on is dropped for the load and added again after it (building an
+  index from sorted rows: a COPY of points_ledger at 2M rows took 6.3 s with its two key indexes
+  in place, 1.2 s + 1.3 s without them and building them after); the others stay in place and
+  refuse a duplicate during the COPY. Rows that claim a key (they passed the CHECKs) but a later
+  rule rejects are compared with the table afterwards. On any duplicate, the table's load rolls
+  back to its savepoint and is done again with the keys decided in Python: a row is a duplicate
+  when an earlier surviving row has its key, the keys seen so far kept per key (in a dict, with
+  the rowid that was kept). Duplicates are rare, so memory stays at a batch (the dicts of a 10M
+  row database's points_ledger would be hundreds of MB), and the usual load keeps no key in
+  Python. A table that refers to itself is always decided in Python.
 - FKs to other tables: membership in the parent's key set, read from Postgres once per table
   (parents load first). A table that refers to itself COPYs the rows that passed the checks and
   keys, then runs load.py's orphan loop on them in Arrow and deletes the orphans it finds, FK
@@ -19,8 +28,9 @@ because SQLite hands them over in rowid order and every rule keeps the lowest ro
 - NOT NULL columns derived from a related row that gave no value.
 
 FK constraints are dropped before the COPY and added again after it (one validating join each,
-rather than a trigger call per row), secondary indexes are rebuilt after the load, all inside the
-table's transaction: atomic as before. id_map and ref_map entries are COPYed beside the rows.
+rather than a trigger call per row), key constraints as above, secondary indexes rebuilt after
+the load, all inside the table's transaction: atomic as before. id_map and ref_map entries are
+COPYed beside the rows.
 
 A value Postgres itself refuses (a JSON escape its jsonb does not take) fails its batch's COPY;
 the batch is rolled back to its savepoint, its rows are tried one by one into a staging table
@@ -36,6 +46,8 @@ the parents' keys are read and the DDL runs, which is Postgres's work too.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import queue
 import re
 import threading
@@ -195,6 +207,11 @@ class _Decision:
     survivors: pa.Array  # boolean mask over the batch's good rows
     rejects: list[Reject] = field(default_factory=list)
     claimed: list[dict] = field(default_factory=list)  # per unique key: key -> kept rowid
+    claimants: pa.Array | None = None  # rows that claim their keys, survivors or not
+
+
+class _KeysCollide(Exception):
+    """Two rows that passed the CHECKs share a key: the load is done again, keys in Python."""
 
 
 def _reason_rejects(rows: pa.Table, mask: pa.Array, make: Callable[[dict], Reject]) -> list:
@@ -220,9 +237,9 @@ def eligible(table: Table) -> bool:
 
 
 class _ReadAhead:
-    """``produce``'s items, made READ_AHEAD ahead in a thread from the moment the block is
-    entered (SQLite and Arrow work while Postgres does); its errors are raised to the reader,
-    and leaving the block early stops the thread."""
+    """``produce``'s items, made READ_AHEAD ahead in a thread from start() or from the moment
+    the block is entered (SQLite and Arrow work while Postgres does); its errors are raised to
+    the reader, and leaving the block early (or close()) stops the thread."""
 
     _DONE = object()
 
@@ -231,6 +248,16 @@ class _ReadAhead:
         self._out: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="d1m-read-ahead", daemon=True)
+
+    def start(self) -> _ReadAhead:
+        if self._thread.ident is None:  # not started yet
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _run(self) -> None:
         try:
@@ -253,7 +280,7 @@ class _ReadAhead:
         return False
 
     def __enter__(self) -> Iterator:
-        self._thread.start()
+        self.start()
         return self._items()
 
     def _items(self) -> Iterator:
@@ -263,15 +290,71 @@ class _ReadAhead:
             yield item
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.close()
+
+
+def _converted(
+    snapshot: Snapshot, table: Table, schema: Schema, batch_rows: int
+) -> Generator[tuple[int, Converted], None, None]:
+    for batch in snapshot.batches(table, batch_rows):
+        yield batch.num_rows, convert_batch(table, batch, schema)
+
+
+class Prefetch:
+    """The next table's rows, read and converted while this one's keys, FKs and indexes are
+    built and it is committed and checked: that is Postgres's work, and without this the
+    core that reads SQLite waited through it, table after table. Used between first loads
+    only (a table's load starts it for the table after it in ``order``, when that one will
+    take the pass too), so memory stays at READ_AHEAD batches; a prefetch nobody takes is
+    stopped."""
+
+    def __init__(
+        self, snapshot: Snapshot, schema: Schema, order: list[Table], batch_rows: int
+    ) -> None:
+        self.snapshot, self.schema, self.batch_rows = snapshot, schema, batch_rows
+        self._next = {a.name: b for a, b in itertools.pairwise(order)}
+        self._pending: tuple[str, _ReadAhead] | None = None
+
+    def after(self, conn: psycopg.Connection, table: Table) -> None:
+        """``table`` has been read: start on the next one, if a first load will take it."""
+        following = self._next.get(table.name)
+        if following is None or not self.snapshot.arrow_reads() or not takes_pass(conn, following):
+            return
+        if self._pending is not None and self._pending[0] == following.name:
+            return
+        self.close()
+        produce = functools.partial(
+            _converted, self.snapshot, following, self.schema, self.batch_rows
+        )
+        self._pending = (following.name, _ReadAhead(produce).start())
+
+    def take(self, table: Table) -> _ReadAhead | None:
+        """The read-ahead started for ``table``, if any (any other is stopped)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == table.name:
+            return pending[1]
+        if pending is not None:
+            pending[1].close()
+        return None
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending[1].close()
+            self._pending = None
 
 
 class FirstLoad:
     """The load of one empty table in one pass (see the module's docstring)."""
 
-    def __init__(self, load: TableLoad, snapshot: Snapshot, batch_rows: int) -> None:
+    def __init__(
+        self,
+        load: TableLoad,
+        snapshot: Snapshot,
+        batch_rows: int,
+        prefetch: Prefetch | None = None,
+    ) -> None:
         self.load, self.snapshot, self.batch_rows = load, snapshot, batch_rows
+        self.prefetch = prefetch
         self.conn, self.table = load.conn, load.table
         table = self.table
         self.target = q(table.name)
@@ -281,13 +364,20 @@ class FirstLoad:
         self.checks = [(c.name, c.check) for c in table.columns if c.check]
         self.checks += [(None, expr) for _, expr in table.checks]
         self.check_fns = [arrow_check(expr, source) for _, expr in self.checks]
-        self.seen: list[dict] = [{} for _ in table.unique_keys]
         self.own = [c for c in table.foreign_keys if c.parent[0] == table.name]
+        self.dedupe = bool(self.own)  # keys decided in Python (see the module's docstring)
         self.parent_keys: dict[str, pa.Array] = {}
+        self.binary = BinaryRows.of(load.columns)
+        self._restart()
+
+    def _restart(self) -> None:
+        """What the rows streamed so far leave behind, cleared (again, for a redo)."""
+        self.seen: list[dict] = [{} for _ in self.table.unique_keys]
         self.held: list[pa.Table] = []  # own-FK tables: the COPYed rows' keys, judged at the end
+        self.claimants: list[pa.Table] = []  # keys of rows a rule after the keys rejected
         self.copied = self.remapped = 0
         self.staged = False
-        self.binary = BinaryRows.of(load.columns)
+        self.load.considered, self.load.rejects = 0, []
 
     # -- Postgres around the rows --
 
@@ -318,6 +408,17 @@ class FirstLoad:
             [self.target],
         ).fetchall()
 
+    def _deferrable_keys(self) -> list[tuple[str, str]]:
+        """The table's PRIMARY KEY and UNIQUE constraints that no FK depends on (its own are
+        dropped by now), as (name, definition): those can be built after the COPY."""
+        return self.conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint k "
+            "WHERE conrelid = %s::regclass AND contype IN ('p', 'u') AND NOT EXISTS ("
+            "  SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = k.conindid)"
+            " ORDER BY contype, conname",
+            [self.target],
+        ).fetchall()
+
     def _lock_for_ddl(self) -> None:
         """Take the table and its parents before the FKs are dropped, all in one LOCK that never
         waits long while holding some of them. Dropping and re-adding an FK takes ACCESS
@@ -343,7 +444,8 @@ class FirstLoad:
         conn, table = self.conn, self.table
         # SQLite and Arrow start on the rows at once; the parents' keys and the DDL below are
         # Postgres's work meanwhile (2.4 s of a 500k-row load, when they came first).
-        with _ReadAhead(self._produce) as converted:
+        ahead = self.prefetch.take(table) if self.prefetch is not None else None
+        with ahead or _ReadAhead(self._produce) as converted:
             keys: dict[tuple[str, str], pa.Array] = {}
             for column in table.foreign_keys:
                 if column.parent[0] != table.name:
@@ -354,27 +456,79 @@ class FirstLoad:
             self._lock_for_ddl()
             for name, _ in constraints:
                 conn.execute(f"ALTER TABLE {self.target} DROP CONSTRAINT {q(name)}")
+            keys = self._deferrable_keys()
+            for name, _ in keys:
+                conn.execute(f"ALTER TABLE {self.target} DROP CONSTRAINT {q(name)}")
             for index in table.indexes:
                 conn.execute(f"DROP INDEX IF EXISTS {q(index.name)}")
             conn.execute(f"DELETE FROM {ID_MAP} WHERE source_table = %s", [table.name])
             conn.execute(f"DELETE FROM {REF_MAP} WHERE source_table = %s", [table.name])
 
-            for batch_rows, batch in converted:
-                self.load.considered += batch_rows
-                self.load.rejects += batch.rejects
-                if batch.good.num_rows:
-                    self._write(batch.good)
+            try:
+                with conn.transaction():  # a savepoint: a duplicate key undoes the attempt
+                    self._stream(converted)
+                    self._add(keys)
+                    if not self.dedupe and self._claims_collide():
+                        raise _KeysCollide
+                keys = []
+            except (_KeysCollide, psycopg.errors.UniqueViolation):
+                if self.dedupe:
+                    raise  # the keys were decided in Python: Postgres's equality is not Arrow's
+        if keys:
+            if self.prefetch is not None:  # one reader of the snapshot at a time
+                self.prefetch.close()
+            self._restart()
+            self.dedupe = True
+            with _ReadAhead(self._produce) as converted:
+                self._stream(converted)
+            self._add(keys)
         removed = self._judge_own_references()
 
-        for name, definition in constraints:
-            conn.execute(f"ALTER TABLE {self.target} ADD CONSTRAINT {q(name)} {definition}")
+        self._add(constraints)
         for statement in create_index_sql(table):
             conn.execute(statement)
         return self.copied - removed, 0, 0, self.remapped
 
+    def _stream(self, converted: Iterator[tuple[int, Converted]]) -> None:
+        for batch_rows, batch in converted:
+            self.load.considered += batch_rows
+            self.load.rejects += batch.rejects
+            if batch.good.num_rows:
+                self._write(batch.good)
+        if self.prefetch is not None:  # SQLite is free: on to the next table
+            self.prefetch.after(self.conn, self.table)
+
+    def _add(self, constraints: list[tuple[str, str]]) -> None:
+        for name, definition in constraints:
+            self.conn.execute(f"ALTER TABLE {self.target} ADD CONSTRAINT {q(name)} {definition}")
+
+    def _claims_collide(self) -> bool:
+        """Whether a row that claimed a key but was rejected after (an orphan, a derived NOT
+        NULL) shares that key with a row in the table or with another such row: a row the keys
+        in Python would have rejected as a duplicate, or judged the duplicate of."""
+        if not self.claimants:
+            return False
+        rows = pa.concat_tables(self.claimants)
+        for names in self.table.unique_keys:
+            present = rows.filter(
+                functools.reduce(pc.and_, [pc.is_valid(rows[n]) for n in names])
+            ).select(list(names))
+            if not present.num_rows:
+                continue
+            if present.group_by(list(names)).aggregate([]).num_rows < present.num_rows:
+                return True
+            types = [self.table.column(n).pg_type for n in names]
+            given = ", ".join(f"%s::{t}[]" for t in types)
+            if self.conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {self.target} WHERE "
+                f"({', '.join(map(q, names))}) IN (SELECT * FROM unnest({given})))",
+                [present[n].to_pylist() for n in names],
+            ).fetchone()[0]:
+                return True
+        return False
+
     def _produce(self) -> Generator[tuple[int, Converted], None, None]:
-        for batch in self.snapshot.batches(self.table, self.batch_rows):
-            yield batch.num_rows, convert_batch(self.table, batch, self.load.schema)
+        return _converted(self.snapshot, self.table, self.load.schema, self.batch_rows)
 
     def _write(self, good: pa.Table) -> None:
         """Decide one batch and COPY its survivors; on a value Postgres refuses, find the
@@ -388,8 +542,14 @@ class FirstLoad:
                 refused = self._refused(good)
                 good = good.filter(pc.invert(pc.is_in(good[ROWID], pa.array(refused, pa.int64()))))
                 continue
-            for seen, claimed in zip(self.seen, decision.claimed, strict=True):
-                seen.update(claimed)
+            if self.dedupe:
+                for seen, claimed in zip(self.seen, decision.claimed, strict=True):
+                    seen.update(claimed)
+            if decision.claimants is not None:
+                late = pc.and_(decision.claimants, pc.invert(decision.survivors))
+                if pc.any(late).as_py():
+                    keys = {n for names in self.table.unique_keys for n in names}
+                    self.claimants.append(good.filter(late).select(sorted(keys)))
             self.load.rejects += decision.rejects
             return
 
@@ -485,7 +645,11 @@ class FirstLoad:
                     r["rowid"], c, "check_violation", why, r["target_pk"]
                 ),
             )
+        if not self.dedupe:  # Postgres finds duplicates; these rows claim keys
+            decision.claimants = alive
         for cols_of_key, seen in zip(self.table.unique_keys, self.seen, strict=True):
+            if not self.dedupe:
+                break
             dups, claimed = self._duplicates(cols, cols_of_key, alive, seen)
             decision.claimed.append(claimed)
             if dups:
@@ -638,14 +802,27 @@ class FirstLoad:
         return len(gone)
 
 
+def takes_pass(conn: psycopg.Connection, table: Table) -> bool:
+    """Whether a full load of ``table`` takes the one pass: its target table is empty and
+    every rule of the table can be decided in Arrow."""
+    return (
+        ENABLED
+        and eligible(table)
+        and conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {q(table.name)})").fetchone()[0]
+    )
+
+
 def first_load(
-    conn: psycopg.Connection, snapshot: Snapshot, table: Table, schema: Schema, batch_rows: int
+    conn: psycopg.Connection,
+    snapshot: Snapshot,
+    table: Table,
+    schema: Schema,
+    batch_rows: int,
+    prefetch: Prefetch | None = None,
 ) -> tuple[TableLoad, Counts] | None:
-    """The load of ``table`` in one pass, when the target table is empty and every rule of the
-    table can be decided in Arrow; None otherwise (the staged path then loads it)."""
-    if not ENABLED or not eligible(table):
-        return None
-    if not conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {q(table.name)})").fetchone()[0]:
+    """The load of ``table`` in one pass, when takes_pass(); None otherwise (the staged path
+    then loads it)."""
+    if not takes_pass(conn, table):
         return None
     load = TableLoad(conn, table, schema)
-    return load, FirstLoad(load, snapshot, batch_rows).run()
+    return load, FirstLoad(load, snapshot, batch_rows, prefetch).run()

@@ -30,6 +30,7 @@ import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import psycopg
 import pyarrow as pa
@@ -42,6 +43,9 @@ from d1_migration.sync.shadow import Changes, Shadow
 from d1_migration.target.binary import BinaryRows
 from d1_migration.target.ddl import BOOKKEEPING_SCHEMA, SYNC_STATE, create_index_sql, load_order
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Reject, convert_batch, uuid_for
+
+if TYPE_CHECKING:
+    from d1_migration.target.first_load import Prefetch
 
 BATCH_ROWS = 50_000
 REJECTED = f"{BOOKKEEPING_SCHEMA}.rejected_rows"
@@ -735,10 +739,11 @@ def _full_load(
     schema: Schema,
     run_id: str | None,
     batch_rows: int,
+    prefetch: Prefetch | None,
 ) -> tuple[TableLoad, Counts]:
     from d1_migration.target.first_load import first_load  # it builds on TableLoad
 
-    if (fast := first_load(conn, snapshot, table, schema, batch_rows)) is not None:
+    if (fast := first_load(conn, snapshot, table, schema, batch_rows, prefetch)) is not None:
         fast[0].record_quarantine(snapshot, run_id)
         return fast
     load = TableLoad(conn, table, schema)
@@ -820,11 +825,13 @@ def migrate_table(
     batch_rows: int = BATCH_ROWS,
     shadow: Shadow | None = None,
     incremental: bool = False,
+    prefetch: Prefetch | None = None,
 ) -> TableResult:
     """Bring one target table in line with the source snapshot, atomically.
 
     With a ``shadow``, an ``incremental`` load processes only what changed when that is
-    provably enough, and the shadow is brought up to date after Postgres commits.
+    provably enough, and the shadow is brought up to date after Postgres commits. A first
+    load reads the next table ahead through ``prefetch`` (first_load.Prefetch).
     """
     started = time.perf_counter()
     mode, changes, note = "full", Changes(), ""
@@ -849,7 +856,7 @@ def migrate_table(
                 except NeedsFullLoad:
                     pass
         if mode == "full":
-            load, counts = _full_load(conn, snapshot, table, schema, run_id, batch_rows)
+            load, counts = _full_load(conn, snapshot, table, schema, run_id, batch_rows, prefetch)
         inserted, updated, removed, remapped = counts
         # Descendants read these: removed rows may have cascaded into them; any change here
         # may change which of their quarantined rows pass. The clock, not the transaction
