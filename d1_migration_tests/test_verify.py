@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pytest
 from dagster import AssetCheckKey, AssetSelection
 
@@ -13,7 +14,7 @@ from d1_migration.defs.keys import target_key
 from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.runner import materialize_all
-from d1_migration.source.snapshot import SqliteSource
+from d1_migration.source.snapshot import ROWID, Blocks, SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.target.ddl import ensure_schema
 from d1_migration.transforms import uuid_for
@@ -299,6 +300,14 @@ def test_slices_of_blocks_partition_the_table(tmp_path, spread):
                 assert keys == {f"k{r}" for r in ids}
                 assert ids == sorted(ids)
                 assert all((r // block) % 3 == (ids[0] // block) % 3 for r in ids)
+            assert snap.arrow_reads()  # a slice's rows come through ADBC, with its condition
+            for i, (ids, _) in enumerate(slices):
+                read = pa.Table.from_batches(list(snap.batches(table, 4, Blocks(i, 3, block))))
+                assert read[ROWID].to_pylist() == ids, (block, i)
+                assert (
+                    read.to_pylist()
+                    == pa.Table.from_batches(list(snap.sqlite_batches(table, 4, ids))).to_pylist()
+                )
         minus_one = set(snap.slice_rows(table, (-1) % 3, 3, 64)[0])  # rowids -64 to -1
         assert {-64, -1} <= minus_one and -65 not in minus_one
 

@@ -53,13 +53,26 @@ CHOSEN_ROWS = "temp.d1m_chosen_rows"  # filled by Snapshot.choose
 SLICE = "temp.d1m_slice"  # the rowid ranges of Snapshot.slice_rows
 
 
-def select_sql(table: Table, chosen: bool = False) -> str:
-    """The batch query; ``chosen`` limits it to the rowids in CHOSEN_ROWS."""
+@dataclass(frozen=True)
+class Blocks:
+    """Every ``count``-th block of ``size`` consecutive rowids (``rowid // size``), from block
+    ``index``: the rows of a content check's slice (verify/content.py)."""
+
+    index: int
+    count: int
+    size: int
+
+
+def select_sql(table: Table, chosen: bool = False, where: str | None = None) -> str:
+    """The batch query; ``chosen`` limits it to the rowids in CHOSEN_ROWS, ``where`` to the
+    rows it holds for."""
     projections = [(ROWID, f"{q(table.name)}.rowid")]
     for column in table.source_columns:
         projections += [(alias, sql) for alias, sql, _ in column_projections(table, column)]
     cols = ",\n  ".join(f"{sql} AS {q(alias)}" for alias, sql in projections)
-    where = f"\nWHERE {q(table.name)}.rowid IN (SELECT id FROM {CHOSEN_ROWS})" if chosen else ""
+    if chosen:
+        where = f"{q(table.name)}.rowid IN (SELECT id FROM {CHOSEN_ROWS})"
+    where = f"\nWHERE {where}" if where else ""
     return f"SELECT\n  {cols}\nFROM {q(table.name)}{where}\nORDER BY {q(table.name)}.rowid"
 
 
@@ -291,12 +304,36 @@ class Snapshot:
         return rowids, pks
 
     def batches(
-        self, table: Table, batch_rows: int, rowids: Sequence[int] | None = None
+        self, table: Table, batch_rows: int, rowids: Sequence[int] | Blocks | None = None
     ) -> Iterator[pa.RecordBatch]:
         """The table (or only ``rowids`` of it) as Arrow batches of at most ``batch_rows``."""
+        if isinstance(rowids, Blocks):
+            return self._block_batches(table, batch_rows, rowids)
         if rowids is None and self.arrow_reads():
             return self.arrow_batches(table, batch_rows)
         return self.sqlite_batches(table, batch_rows, rowids)
+
+    def _block_batches(
+        self, table: Table, batch_rows: int, blocks: Blocks
+    ) -> Iterator[pa.RecordBatch]:
+        """The rows of ``blocks``: read by ADBC with the blocks as a condition on the rowid
+        (SQLite passes over the other rows without evaluating their projections), rather
+        than one by one by sqlite3 (a 2M-row database's tenth: 7.5 s of a content check's
+        13.3 s); by sqlite3 when ADBC cannot see the snapshot."""
+        if not self.arrow_reads():
+            rowids = self.slice_rows(table, blocks.index, blocks.count, blocks.size)[0]
+            return self.sqlite_batches(table, batch_rows, rowids)
+        name = q(table.name)
+        low = self._conn.execute(f"SELECT min(rowid) FROM main.{name}").fetchone()[0]
+        if low is None:
+            return iter(())
+        # rowid // size as SQLite's integer division (which truncates) gives it for rowids of
+        # any sign: counted from the first block, both terms are >= 0
+        first = low // blocks.size
+        block = f"({name}.rowid - {first * blocks.size}) / {blocks.size} + {first % blocks.count}"
+        return self.arrow_batches(
+            table, batch_rows, where=f"({block}) % {blocks.count} = {blocks.index}"
+        )
 
     def sqlite_batches(
         self, table: Table, batch_rows: int, rowids: Sequence[int] | None = None
@@ -325,9 +362,11 @@ class Snapshot:
             self._arrow = adbc_driver_sqlite.dbapi.connect(uri, autocommit=True)
         return True
 
-    def arrow_batches(self, table: Table, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        """batches() of the whole table through ADBC, in rowid order, typed as sqlite3's;
-        only while arrow_reads() holds."""
+    def arrow_batches(
+        self, table: Table, batch_rows: int, where: str | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """batches() of the whole table (or of the rows ``where`` holds for) through ADBC, in
+        rowid order, typed as sqlite3's; only while arrow_reads() holds."""
         if not self.arrow_reads():
             raise RuntimeError(f"{self._path}: a second connection would not see this snapshot")
         schema = batch_schema(table)
@@ -335,7 +374,8 @@ class Snapshot:
         cursor = self._arrow.cursor()
         try:
             cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
-            cursor.execute(f"SELECT {zeros} UNION ALL SELECT * FROM ({select_sql(table)})")
+            query = select_sql(table, where=where)
+            cursor.execute(f"SELECT {zeros} UNION ALL SELECT * FROM ({query})")
             last = None  # the previous batch's last rowid
             for i, batch in enumerate(cursor.fetch_record_batch()):
                 if i == 0:

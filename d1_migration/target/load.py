@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg.types.json import Jsonb
 
-from d1_migration.source.snapshot import ROWID, Snapshot, source_pk_text
+from d1_migration.source.snapshot import ROWID, Blocks, Snapshot, source_pk_text
 from d1_migration.spec.model import Column, Kind, Schema, Table, q
 from d1_migration.sync.shadow import Changes, Shadow
 from d1_migration.target.binary import BinaryRows
@@ -108,7 +108,7 @@ class TableLoad:
             )
 
     def stage_rows(
-        self, snapshot: Snapshot, batch_rows: int, rowids: list[int] | None = None
+        self, snapshot: Snapshot, batch_rows: int, rowids: list[int] | Blocks | None = None
     ) -> None:
         """Convert and stage the table, or only ``rowids`` of it. The temporary tables are
         analyzed afterwards: without statistics Postgres plans a scoped load's few staged rows

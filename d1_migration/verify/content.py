@@ -9,7 +9,7 @@ IS DISTINCT FROM), the expected quarantine with the open entries of d1_migration
 ref_map. Nothing here reads the shadow: a stale shadow, a row edited by hand in Postgres or
 a lost write all show up as differences.
 
-A whole-table verification proves the table. A *slice* (every ``count``-th block of ``block``
+A whole-table verification proves the table. A *slice* (every ``count``-th block of ``size``
 consecutive D1 rowids, from block ``index``: contiguous rowid ranges, so reading a slice costs its
 own rows, not a scan of the table) proves the slice's rows and the target rows at their keys; the
 rows a slice's rows can reach are judged with them, as an incremental load would (rows sharing a
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from d1_migration.source.snapshot import ROWID, Snapshot
+from d1_migration.source.snapshot import ROWID, Blocks, Snapshot
 from d1_migration.spec.model import Schema, Table, q
 from d1_migration.target.ddl import BOOKKEEPING_SCHEMA
 from d1_migration.target.load import BATCH_ROWS, ID_MAP, REF_MAP, REJECTED, NeedsFullLoad, TableLoad
@@ -39,13 +39,13 @@ SLICE_BLOCK = 64  # consecutive rowids a slice takes at a time: a few leaf pages
 
 
 @dataclass(frozen=True)
-class Slice:
-    """Every ``count``-th block of ``block`` consecutive D1 rowids, starting at block
+class Slice(Blocks):
+    """Every ``count``-th block of ``size`` consecutive D1 rowids, starting at block
     ``index``; count 1 is the whole table."""
 
     index: int = 0
     count: int = 1
-    block: int = SLICE_BLOCK
+    size: int = SLICE_BLOCK
 
     @property
     def whole(self) -> bool:
@@ -125,10 +125,11 @@ class _Comparison:
         if self.part.whole:
             load.stage_rows(self.snapshot, BATCH_ROWS)
         else:
-            rowids, load.scope_pks = self.snapshot.slice_rows(
-                self.table, self.part.index, self.part.count, self.part.block
-            )
-            load.stage_rows(self.snapshot, BATCH_ROWS, rowids)
+            part = self.part
+            load.scope_pks = self.snapshot.slice_rows(
+                self.table, part.index, part.count, part.size
+            )[1]
+            load.stage_rows(self.snapshot, BATCH_ROWS, part)
             load.widen_scope(self.snapshot, BATCH_ROWS)
         self.found.compared_rows = load.considered
         load.apply_rules()
