@@ -10,6 +10,7 @@ Each check still shows on its own asset in the UI and can be run alone. What eac
 computes lives in verify/checks.py.
 """
 
+import queue
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,14 +95,24 @@ class _Pending:
 
 class CheckRunner:
     """Runs the selected checks of each table once the table is settled (committed, or not
-    loaded by this run), one at a time on ``conn`` in a worker thread. Results come back in
-    the order the checks started; a table that failed to sync gets none."""
+    loaded by this run), in worker threads, one per connection of ``conns``. Results come back
+    in the order the checks started; a table that failed to sync gets none.
+
+    Two connections, not one: a re-sync's loads take seconds and its checks (matches_d1
+    converting D1 again) the rest, one table after another; with two, the two cores share
+    them (Postgres's side of one check beside the client's side of another)."""
 
     def __init__(
-        self, conn: psycopg.Connection, selected: set[AssetCheckKey], content: ContentCheck
+        self,
+        conns: list[psycopg.Connection],
+        selected: set[AssetCheckKey],
+        content: ContentCheck,
     ) -> None:
-        self._conn, self._selected, self._content = conn, selected, content
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d1m-checks")
+        self._selected, self._content = selected, content
+        self._idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
+        for conn in conns:
+            self._idle.put(conn)
+        self._worker = ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="d1m-checks")
         self._started: list[Future] = []
         self._pending: list[_Pending] = []
         self.errors: list[str] = []
@@ -129,9 +140,16 @@ class CheckRunner:
             pending.waits_for.discard(table.name)
             if not pending.waits_for:
                 self._pending.remove(pending)
-                self._started.append(
-                    self._worker.submit(lambda run=pending.run: list(run(self._conn)))
-                )
+                self._started.append(self._worker.submit(self._run, pending.run))
+
+    def _run(
+        self, run: Callable[[psycopg.Connection], Iterator[AssetCheckResult]]
+    ) -> list[AssetCheckResult]:
+        conn = self._idle.get()  # as many connections as workers: one is always free
+        try:
+            return list(run(conn))
+        finally:
+            self._idle.put(conn)
 
     def failed(self, table: Table) -> None:
         """``table`` did not sync: its checks, and those reading it, do not run."""

@@ -401,7 +401,12 @@ def _sync_step(
             d1.snapshot() as snapshot,
             postgres.connect() as conn,
             postgres.connect() as check_conn,
-            closing(CheckRunner(check_conn, context.selected_asset_check_keys, content)) as checks,
+            postgres.connect() as other_check_conn,
+            closing(
+                CheckRunner(
+                    [check_conn, other_check_conn], context.selected_asset_check_keys, content
+                )
+            ) as checks,
         ):
             database, pg_schema = conn.execute(
                 "SELECT current_database(), current_schema()"
