@@ -9,6 +9,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import Counter
 
 import psycopg
 import pyarrow as pa
@@ -340,7 +341,8 @@ def _read_aheads() -> list[threading.Thread]:
 
 def test_the_next_table_is_read_while_this_one_finishes(tmp_path, new_database, monkeypatch):
     """Each first load after the first finds its rows already read (first_load.Prefetch),
-    started once the table before it had read its own; the rows are those of the staged path."""
+    started once the table before it had read its own, and a parent's keys read by the first
+    table that refers to it; the rows are those of the staged path."""
     source = tmp_path / "d1.sqlite"
     build_sample_db(source, users=60, bad_rows=True)
     prefetched, began = [], {}
@@ -356,10 +358,25 @@ def test_the_next_table_is_read_while_this_one_finishes(tmp_path, new_database, 
         if self._pending is not None:
             began.setdefault(self._pending[0], table.name)
 
+    reads, wanted = Counter(), Counter()
+    read_keys, parent_keys = first_load.read_keys, first_load.Prefetch.parent_keys
+
+    def counted_read(conn, parent, column):
+        reads[parent, column] += 1
+        return read_keys(conn, parent, column)
+
+    def counted_want(self, conn, table, parent):
+        wanted[parent] += 1
+        return parent_keys(self, conn, table, parent)
+
     monkeypatch.setattr(first_load.Prefetch, "take", taken)
     monkeypatch.setattr(first_load.Prefetch, "after", started)
+    monkeypatch.setattr(first_load, "read_keys", counted_read)
+    monkeypatch.setattr(first_load.Prefetch, "parent_keys", counted_want)
     fast = new_database()
     sync(fast, source, None, incremental=False)
+    assert set(reads.values()) == {1} and reads.keys() == wanted.keys()  # each read once
+    assert wanted["users", "id"] > 40  # and kept for every table that refers to it
     assert [name for name, hit in prefetched if not hit] == [prefetched[0][0]]
     assert len(prefetched) == len(SCHEMA.tables)
     names = [name for name, _ in prefetched]
