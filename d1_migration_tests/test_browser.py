@@ -180,14 +180,21 @@ def materialize_all(page: Page, base: str) -> tuple[str, str]:
 
 def set_switch(switch, on: bool) -> None:
     """Dagster's switch: a visually hidden checkbox drawn by its <label>, which takes the
-    click; the input is disabled while the change is being saved."""
-    expect(switch).to_be_enabled(timeout=15_000)
-    switch.locator("xpath=..").click()
-    if on:
-        expect(switch).to_be_checked(timeout=15_000)
-    else:
-        expect(switch).not_to_be_checked(timeout=15_000)
-    expect(switch).to_be_enabled(timeout=15_000)
+    click; the input is disabled while the change is being saved. On a loaded machine (the
+    suite's two workers, each with its servers) a click can land before the page handles it:
+    the switch is then unchanged and enabled, and is clicked again."""
+    for _ in range(3):
+        expect(switch).to_be_enabled(timeout=30_000)
+        if switch.is_checked() == on:
+            break
+        switch.locator("xpath=..").click()
+        try:
+            expect(switch).to_be_checked(checked=on, timeout=20_000)
+        except AssertionError:
+            continue
+        break
+    expect(switch).to_be_checked(checked=on, timeout=1_000)
+    expect(switch).to_be_enabled(timeout=30_000)
 
 
 @pytest.fixture(scope="module")
