@@ -18,10 +18,12 @@ peak RSS from ``os.wait4``; the Postgres server's own time and memory are no too
 The project's wall time is Materialize all with every check as the UI runs it (the default
 ``SyncConfig``: a first sync loads every table in full, ``matches_d1`` verifies its rotating
 tenth of each table; an ephemeral Dagster instance), importing Dagster and the project included.
-Beside it: the table step (the tables' own ``seconds``), and, as issue 11 asks, the content check
-timed apart: ``matches_d1`` of every table whole, alone after the run. The re-sync cases run at the
-largest size, each case a whole Materialize all, as a share of the full migration of the same
-process (benchmarks/project.py).
+Beside it: the table step (the tables' own ``seconds``), and, as issue 11 asks ("the content
+check ... is timed separately"), the same run with every check but ``matches_d1`` (the second
+project row) and ``matches_d1`` of every table whole, alone after the run. The targets are judged
+for both project rows. The re-sync cases run at the largest size, each case a whole Materialize
+all, as a share of the full migration of the same process, with the content check and without
+it (benchmarks/project.py).
 """
 
 from __future__ import annotations
@@ -64,14 +66,23 @@ OUTPUTS = (":!benchmarks/results.md", ":!benchmarks/rows_per_second.png")
 SIZES = {"70k": 1_135, "500k": 8_100, "2m": 32_000, "10m": 162_000}
 DEFAULT_SIZES = "70k,500k,2m"
 PROJECT = "d1-migration"
-TOOLS = (PROJECT, *PEERS)
+APART = "d1-migration-apart"  # every check but matches_d1, which is timed on its own
+PROJECTS = (PROJECT, APART)
+TOOLS = (*PROJECTS, *PEERS)
 LABELS = {
     PROJECT: "this project (Materialize all as the UI runs it, every check)",
+    APART: "this project, content check apart (every other check)",
     "pgloader": "pgloader, tuned",
     "duckdb": "DuckDB copy",
     "csv": "sqlite3 -csv + psql \\copy",
 }
-COLOURS = {PROJECT: "tab:blue", "pgloader": "tab:orange", "duckdb": "tab:green", "csv": "tab:red"}
+COLOURS = {
+    PROJECT: "tab:blue",
+    APART: "tab:purple",
+    "pgloader": "tab:orange",
+    "duckdb": "tab:green",
+    "csv": "tab:red",
+}
 WALLET_CHECK = "wallet_matches_ledger"
 RUN_NAMES = {"sqlite3 -csv + psql \\copy": "csv"}  # what run_csv calls itself
 # issue 11's targets
@@ -114,6 +125,7 @@ class Results:
     args: dict
     sizes: list[SizeResult] = field(default_factory=list)
     resync: dict | None = None  # benchmarks/project.py's resync figures, with "size"
+    resync_apart: dict | None = None  # the same, matches_d1 left out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -134,7 +146,7 @@ class Results:
                 for r in s.pop("runs")
             ]
             sizes.append(SizeResult(**s, runs=runs))
-        return cls(raw["machine"], raw["args"], sizes, raw.get("resync"))
+        return cls(raw["machine"], raw["args"], sizes, raw.get("resync"), raw.get("resync_apart"))
 
 
 # -- the machine ----------------------------------------------------------------------------
@@ -212,28 +224,33 @@ def _now() -> str:
 # -- the project's runs ---------------------------------------------------------------------
 
 
-def _child(what: str, *args: str, repeat: int | None = None) -> tuple[dict, object]:
+def _child(
+    what: str, *args: str, repeat: int | None = None, content: str = "in"
+) -> tuple[dict, object]:
     """benchmarks/project.py ``what`` in a measured process; its JSON figures (empty when it
     wrote none) and the measurement."""
     with tempfile.TemporaryDirectory(prefix=f"project_{what}_") as tmp:
         out = Path(tmp) / "figures.json"
-        argv = [sys.executable, "-m", "benchmarks.project", what, *args, str(out)]
+        argv = [sys.executable, "-m", "benchmarks.project", what, "--content-check", content]
         if repeat is not None:
             argv += ["--repeat", str(repeat)]
+        argv += [*args, str(out)]
         measured = measure(argv, cwd=REPO)
         figures = json.loads(out.read_text()) if out.exists() else {}
     return figures, measured
 
 
-def run_project(source: Path, server_url: str, workdir: Path) -> PeerResult:
-    """Materialize all with every check into a fresh database, then ``matches_d1`` of every
-    table whole, alone; the database and the run's state are dropped afterwards."""
+def run_project(source: Path, server_url: str, workdir: Path, tool: str = PROJECT) -> PeerResult:
+    """Materialize all with every check (``APART``: every check but matches_d1) into a fresh
+    database, then (PROJECT) ``matches_d1`` of every table whole, alone; the database and the
+    run's state are dropped afterwards."""
     dbname = f"bench_project_{os.getpid()}"
     url = fresh_database(server_url, dbname)
     state = Path(tempfile.mkdtemp(prefix="project_state_", dir=workdir))
     errors: list[str] = []
+    content = "apart" if tool == APART else "in"
     try:
-        figures, run = _child("full", str(source), url, str(state))
+        figures, run = _child("full", str(source), url, str(state), content=content)
         if run.returncode != 0 or not figures.get("success"):
             errors.append(
                 f"exited {run.returncode}; failed checks {figures.get('failed_checks')}; "
@@ -250,14 +267,15 @@ def run_project(source: Path, server_url: str, workdir: Path) -> PeerResult:
             "tables": figures.get("tables_seconds", 0.0),
             "matches_d1 in run": figures.get("matches_d1_in_run_seconds", 0.0),
         }
-        checked, verified = _child("verify", str(source), url)
-        if verified.returncode != 0:
-            errors.append(
-                f"matches_d1 alone failed: {checked.get('failed') or verified.output[-500:]}"
-            )
-        phases["matches_d1 alone"] = checked.get("seconds", 0.0)
+        if tool == PROJECT:
+            checked, verified = _child("verify", str(source), url)
+            if verified.returncode != 0:
+                errors.append(
+                    f"matches_d1 alone failed: {checked.get('failed') or verified.output[-500:]}"
+                )
+            phases["matches_d1 alone"] = checked.get("seconds", 0.0)
         return PeerResult(
-            tool=PROJECT,
+            tool=tool,
             wall_seconds=run.seconds,
             peak_rss_mib=run.peak_rss_mib,
             source_rows=sum(counts.values()),
@@ -271,12 +289,14 @@ def run_project(source: Path, server_url: str, workdir: Path) -> PeerResult:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def run_resync(source: Path, server_url: str, workdir: Path, repeat: int) -> dict:
+def run_resync(source: Path, server_url: str, workdir: Path, repeat: int, content: str) -> dict:
     dbname = f"bench_resync_{os.getpid()}"
     url = fresh_database(server_url, dbname)
     state = Path(tempfile.mkdtemp(prefix="resync_state_", dir=workdir))
     try:
-        figures, run = _child("resync", str(source), url, str(state), repeat=repeat)
+        figures, run = _child(
+            "resync", str(source), url, str(state), repeat=repeat, content=content
+        )
         # its own lines (each run's summary) for the console
         print(
             "\n".join(
@@ -311,8 +331,8 @@ def run_size(
     for i in range(repeat):
         for tool in list(active):
             try:
-                if tool == PROJECT:
-                    r = run_project(source, args.server, workdir)
+                if tool in PROJECTS:
+                    r = run_project(source, args.server, workdir, tool)
                 else:
                     r = run_peer(tool, source, args.server)
             except FileNotFoundError as missing:  # an optional peer is not installed
@@ -347,12 +367,18 @@ def run(args: argparse.Namespace) -> Results:
         largest = max(results.sizes, key=lambda s: s.source_rows)
         if args.resync_at:
             largest = next(s for s in results.sizes if s.size == args.resync_at)
-        print(f"== re-sync cases at {largest.size} ({largest.source_rows:,} rows)", flush=True)
-        results.resync = run_resync(
-            Path(largest.source), args.server, Path(args.workdir), args.repeat
-        )
-        results.resync["size"] = largest.size
-        results.resync["source_rows"] = largest.source_rows
+        for content, field_name in (("in", "resync"), ("apart", "resync_apart")):
+            print(
+                f"== re-sync cases at {largest.size} ({largest.source_rows:,} rows), content "
+                f"check {content}",
+                flush=True,
+            )
+            figures = run_resync(
+                Path(largest.source), args.server, Path(args.workdir), args.repeat, content
+            )
+            figures["size"] = largest.size
+            figures["source_rows"] = largest.source_rows
+            setattr(results, field_name, figures)
     results.machine["finished"] = _now()
     results.machine["load_at_end"] = os.getloadavg()
     return results
@@ -412,7 +438,11 @@ def size_table(s: SizeResult) -> list[str]:
                 ("importing Dagster and the project", "import"),
                 ("materialize_all", "materialize_all"),
                 ("the table step (sum of the tables' seconds)", "tables"),
-                ("matches_d1 of its rotating slice, inside the run", "matches_d1 in run"),
+                (
+                    "matches_d1 of its rotating slice, inside the run (its checks' seconds "
+                    "added up; they run on two connections)",
+                    "matches_d1 in run",
+                ),
             )
         ]
         lines.append("This project, medians: " + "; ".join(parts) + ".")
@@ -422,13 +452,14 @@ def size_table(s: SizeResult) -> list[str]:
                 f"matches_d1 of every table whole, timed alone after the run (not in the wall "
                 f"time): {_s(alone)} ({100 * alone / project:.0f}% of the full migration)."
             )
-        ratios = [
-            f"project / {LABELS[peer]} = {ratio:.2f}x"
-            for peer in PEERS
-            if (ratio := _ratio(project, s.median_wall(peer)))
-        ]
-        if ratios:
-            lines.append("Ratios of median wall times: " + "; ".join(ratios) + ".")
+        for tool, name in ((PROJECT, "project"), (APART, "project, content check apart")):
+            ratios = [
+                f"{name} / {LABELS[peer]} = {ratio:.2f}x"
+                for peer in PEERS
+                if (ratio := _ratio(s.median_wall(tool), s.median_wall(peer)))
+            ]
+            if ratios:
+                lines.append("Ratios of median wall times: " + "; ".join(ratios) + ".")
         lines.append("")
     failures = [r for r in s.runs if not r.ok]
     for r in failures:
@@ -446,9 +477,10 @@ def size_table(s: SizeResult) -> list[str]:
     return lines
 
 
-def resync_table(resync: dict) -> list[str]:
+def resync_table(resync: dict, apart: bool = False) -> list[str]:
     full = resync.get("full")
-    lines = [f"## Re-sync at {resync['size']} ({resync['source_rows']:,} rows)", ""]
+    which = ", content check apart (every check but matches_d1)" if apart else ""
+    lines = [f"## Re-sync at {resync['size']} ({resync['source_rows']:,} rows){which}", ""]
     if not full:
         return [*lines, f"The re-sync runs failed: {resync.get('error', '')[:800]}", ""]
     lines += [
@@ -458,7 +490,7 @@ def resync_table(resync: dict) -> list[str]:
         f"{len(resync['cases']['no change'])} run(s); each case runs on the source as the "
         "previous case left it.",
         "",
-        "| case | D1 rows changed | re-sync (median) | table step | matches_d1 in the run "
+        "| case | D1 rows changed | re-sync (median) | table step | matches_d1's checks "
         "| share of full | target | tables loaded in full | run succeeded | checks failing |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -502,12 +534,33 @@ def resync_table(resync: dict) -> list[str]:
 
 
 def targets(results: Results) -> list[str]:
+    lines = ["## Issue 11's targets", ""]
+    for tool, resync in ((PROJECT, results.resync), (APART, results.resync_apart)):
+        if any(s.median_wall(tool) for s in results.sizes):
+            lines += [f"### {LABELS[tool]}", "", *_targets_of(results, tool, resync)]
+    alone = [
+        (s.size, s.median_phase(PROJECT, "matches_d1 alone"), s.median_wall(PROJECT))
+        for s in results.sizes
+    ]
+    alone = [(size, a, w) for size, a, w in alone if a is not None and w]
+    if alone:
+        lines.append(
+            "The content check (matches_d1, every table whole), timed apart: "
+            + ", ".join(
+                f"{size} {a:.1f} s ({100 * a / w:.0f}% of the full run)" for size, a, w in alone
+            )
+        )
+        lines.append("")
+    return lines
+
+
+def _targets_of(results: Results, tool: str, resync: dict | None) -> list[str]:
     by_size = {s.size: s for s in results.sizes}
     two, ten, small = by_size.get("2m"), by_size.get("10m"), by_size.get("70k")
-    lines = ["## Issue 11's targets", ""]
+    lines: list[str] = []
 
     def ratio(s: SizeResult | None, peer: str) -> float | None:
-        return _ratio(s.median_wall(PROJECT), s.median_wall(peer)) if s else None
+        return _ratio(s.median_wall(tool), s.median_wall(peer)) if s else None
 
     lines.append(
         "- 2M rows, full migration ≤ 0.5x tuned pgloader: "
@@ -516,23 +569,23 @@ def targets(results: Results) -> list[str]:
     if two and (r := ratio(two, "pgloader")) and r > PGLOADER_RATIO:
         budget = two.median_wall("pgloader") * PGLOADER_RATIO
         lines[-1] += (
-            f"; the budget is {budget:.1f} s, the project took {two.median_wall(PROJECT):.1f} s "
-            f"({two.median_wall(PROJECT) / budget:.1f}x too slow)"
+            f"; the budget is {budget:.1f} s, the project took {two.median_wall(tool):.1f} s "
+            f"({two.median_wall(tool) / budget:.1f}x too slow)"
         )
     lines.append(
         "- 2M rows, ratio to the DuckDB copy (aim ≤ 2.5x): "
         + _verdict(ratio(two, "duckdb"), DUCKDB_RATIO)
     )
     drop = None
-    if two and ten and two.rows_per_second(PROJECT) and ten.rows_per_second(PROJECT):
-        drop = 1 - ten.rows_per_second(PROJECT) / two.rows_per_second(PROJECT)
+    if two and ten and two.rows_per_second(tool) and ten.rows_per_second(tool):
+        drop = 1 - ten.rows_per_second(tool) / two.rows_per_second(tool)
     lines.append(
         "- 10M rows, rows/s within 20% of 2M's: "
         + _verdict(drop, RATE_DROP, "{:.0%}")
         + (" (the drop in rows/s)" if drop is not None else " (run with `--sizes ...,10m`)")
     )
     peaks = [
-        (s.size, max((r.peak_rss_mib for r in s.of(PROJECT)), default=None)) for s in results.sizes
+        (s.size, max((r.peak_rss_mib for r in s.of(tool)), default=None)) for s in results.sizes
     ]
     peaks = [(size, p) for size, p in peaks if p is not None]
     if peaks:
@@ -550,7 +603,6 @@ def targets(results: Results) -> list[str]:
         "- ~70k rows, Materialize all with checks ≤ 0.5x pgloader: "
         + _verdict(ratio(small, "pgloader"), PGLOADER_RATIO)
     )
-    resync = results.resync
     if resync and resync.get("full"):
         where = f" (at {resync['size']}" + (", not 2M)" if resync["size"] != "2m" else ")")
         for case, limit in RESYNC_SHARE.items():
@@ -566,18 +618,6 @@ def targets(results: Results) -> list[str]:
             )
     else:
         lines.append("- Re-sync targets: not measured in this run")
-    alone = [
-        (s.size, s.median_phase(PROJECT, "matches_d1 alone"), s.median_wall(PROJECT))
-        for s in results.sizes
-    ]
-    alone = [(size, a, w) for size, a, w in alone if a is not None and w]
-    if alone:
-        lines.append(
-            "- The content check (matches_d1, every table whole), timed apart: "
-            + ", ".join(
-                f"{size} {a:.1f} s ({100 * a / w:.0f}% of the full run)" for size, a, w in alone
-            )
-        )
     lines.append("")
     return lines
 
@@ -668,6 +708,8 @@ def render(results: Results, chart_name: str, companions: Sequence[str] = ()) ->
         lines += [f"- [{name}]({name}): {COMPANIONS[name]}" for name in companions] + [""]
     if results.resync:
         lines += resync_table(results.resync)
+    if results.resync_apart:
+        lines += resync_table(results.resync_apart, apart=True)
     lines += extrapolation(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -753,7 +795,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     chart(results, args.chart)
     print(f"wrote {args.results} and {args.chart}")
     failed = [r for s in results.sizes for r in s.runs if not r.ok]
-    if failed or (results.resync and not results.resync.get("full")):
+    resyncs = [r for r in (results.resync, results.resync_apart) if r]
+    if failed or any(not r.get("full") for r in resyncs):
         sys.exit(1)
 
 
