@@ -21,10 +21,11 @@ because SQLite hands them over in rowid order and every rule keeps the lowest ro
   the rowid that was kept). Duplicates are rare, so memory stays at a batch (the dicts of a 10M
   row database's points_ledger would be hundreds of MB), and the usual load keeps no key in
   Python. A table that refers to itself is always decided in Python.
-- FKs to other tables: membership in the parent's key set, read from Postgres once per table
-  (parents load first). A table that refers to itself COPYs the rows that passed the checks and
-  keys, then runs load.py's orphan loop on them in Arrow and deletes the orphans it finds, FK
-  constraints being dropped for the load so that nothing cascades.
+- FKs to other tables: membership in the parent's key set, read from Postgres once per sync
+  (parents load first; Prefetch keeps it for the tables after). A table that refers to itself
+  COPYs the rows that passed the checks and keys, then runs load.py's orphan loop on them in
+  Arrow and deletes the orphans it finds, FK constraints being dropped for the load so that
+  nothing cascades.
 - NOT NULL columns derived from a related row that gave no value.
 
 FK constraints are dropped before the COPY and added again after it (one validating join each,
@@ -481,16 +482,16 @@ class FirstLoad:
         # Postgres's work meanwhile (2.4 s of a 500k-row load, when they came first).
         ahead = self.prefetch.take(table) if self.prefetch is not None else None
         with ahead or _ReadAhead(self._produce) as converted:
-            keys: dict[tuple[str, str], pa.Array] = {}
+            parents: dict[tuple[str, str], pa.Array] = {}
             for column in table.foreign_keys:
                 if column.parent[0] != table.name:
-                    if column.parent not in keys:
-                        keys[column.parent] = (
+                    if column.parent not in parents:
+                        parents[column.parent] = (
                             self.prefetch.parent_keys(conn, table, column.parent)
                             if self.prefetch is not None
                             else read_keys(conn, *column.parent)
                         )
-                    self.parent_keys[column.name] = keys[column.parent]
+                    self.parent_keys[column.name] = parents[column.parent]
             constraints = self._foreign_keys()
             self._lock_for_ddl()
             for name, _ in constraints:
@@ -503,17 +504,18 @@ class FirstLoad:
             conn.execute(f"DELETE FROM {ID_MAP} WHERE source_table = %s", [table.name])
             conn.execute(f"DELETE FROM {REF_MAP} WHERE source_table = %s", [table.name])
 
+            redo = False
             try:
                 with conn.transaction():  # a savepoint: a duplicate key undoes the attempt
                     self._stream(converted)
                     self._add(keys)
                     if not self.dedupe and self._claims_collide():
                         raise _KeysCollide
-                keys = []
             except (_KeysCollide, psycopg.errors.UniqueViolation):
                 if self.dedupe:
                     raise  # the keys were decided in Python: Postgres's equality is not Arrow's
-        if keys:
+                redo = True
+        if redo:
             if self.prefetch is not None:  # one reader of the snapshot at a time
                 self.prefetch.close()
             self._restart()
