@@ -353,8 +353,8 @@ def test_the_next_table_is_read_while_this_one_finishes(tmp_path, new_database, 
         prefetched.append((table.name, ahead is not None))
         return ahead
 
-    def started(self, conn, table):
-        after(self, conn, table)
+    def started(self, conn, table, batch_rows):
+        after(self, conn, table, batch_rows)
         if self._pending is not None:
             began.setdefault(self._pending[0], table.name)
 

@@ -25,7 +25,7 @@ from d1_migration.sync.shadow import Shadow
 from d1_migration.sync.target_lock import holder_name, target_lock
 from d1_migration.target.ddl import ensure_schema, load_order
 from d1_migration.target.first_load import Prefetch
-from d1_migration.target.load import BATCH_ROWS, TableResult, ancestors, migrate_table
+from d1_migration.target.load import TableResult, ancestors, migrate_table
 from d1_migration.verify.drift import Drift, schema_drift
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def _sync_locked(
     if shadow is not None and incremental:
         shadow.prefetch([t for t in order if t.name in wanted])
     failed: set[str] = set()
-    prefetch = Prefetch(snapshot, schema, [t for t in order if t.name in wanted], BATCH_ROWS)
+    prefetch = Prefetch(snapshot, schema, [t for t in order if t.name in wanted])
     try:
         for table in order:
             if table.name not in wanted:

@@ -301,6 +301,11 @@ def _converted(
         yield batch.num_rows, convert_batch(table, batch, schema)
 
 
+def _reading(snapshot: Snapshot, table: Table, schema: Schema, batch_rows: int) -> _ReadAhead:
+    """``table``'s rows, read and converted ahead (not started yet)."""
+    return _ReadAhead(functools.partial(_converted, snapshot, table, schema, batch_rows))
+
+
 def read_keys(conn: psycopg.Connection, parent: str, parent_column: str) -> pa.Array:
     """The parent's keys as text, for is_in (which takes duplicates, so no DISTINCT)."""
     sql = (
@@ -335,10 +340,8 @@ class Prefetch:
     rows. A parent's keys do not change once it is loaded (parents load first, and nothing
     after them writes to them) and are dropped when it loads."""
 
-    def __init__(
-        self, snapshot: Snapshot, schema: Schema, order: list[Table], batch_rows: int
-    ) -> None:
-        self.snapshot, self.schema, self.batch_rows = snapshot, schema, batch_rows
+    def __init__(self, snapshot: Snapshot, schema: Schema, order: list[Table]) -> None:
+        self.snapshot, self.schema = snapshot, schema
         self._next = {a.name: b for a, b in itertools.pairwise(order)}
         self._pending: tuple[str, _ReadAhead] | None = None
         self._position = {t.name: i for i, t in enumerate(order)}
@@ -368,18 +371,17 @@ class Prefetch:
             if parent[0] != table.name and self._last_use[parent] >= here
         }
 
-    def after(self, conn: psycopg.Connection, table: Table) -> None:
-        """``table`` has been read: start on the next one, if a first load will take it."""
+    def after(self, conn: psycopg.Connection, table: Table, batch_rows: int) -> None:
+        """``table`` has been read: start on the next one (in batches of ``batch_rows``, as
+        this one), if a first load will take it."""
         following = self._next.get(table.name)
         if following is None or not self.snapshot.arrow_reads() or not takes_pass(conn, following):
             return
         if self._pending is not None and self._pending[0] == following.name:
             return
         self.close()
-        produce = functools.partial(
-            _converted, self.snapshot, following, self.schema, self.batch_rows
-        )
-        self._pending = (following.name, _ReadAhead(produce).start())
+        reading = _reading(self.snapshot, following, self.schema, batch_rows)
+        self._pending = (following.name, reading.start())
 
     def take(self, table: Table) -> _ReadAhead | None:
         """``table``'s load begins: the read-ahead started for it, if any (any other is
@@ -481,7 +483,7 @@ class FirstLoad:
         # SQLite and Arrow start on the rows at once; the parents' keys and the DDL below are
         # Postgres's work meanwhile (2.4 s of a 500k-row load, when they came first).
         ahead = self.prefetch.take(table) if self.prefetch is not None else None
-        with ahead or _ReadAhead(self._produce) as converted:
+        with ahead or self._reading() as converted:
             parents: dict[tuple[str, str], pa.Array] = {}
             for column in table.foreign_keys:
                 if column.parent[0] != table.name:
@@ -520,7 +522,7 @@ class FirstLoad:
                 self.prefetch.close()
             self._restart()
             self.dedupe = True
-            with _ReadAhead(self._produce) as converted:
+            with self._reading() as converted:
                 self._stream(converted)
             self._add(keys)
         removed = self._judge_own_references()
@@ -537,7 +539,7 @@ class FirstLoad:
             if batch.good.num_rows:
                 self._write(batch.good)
         if self.prefetch is not None:  # SQLite is free: on to the next table
-            self.prefetch.after(self.conn, self.table)
+            self.prefetch.after(self.conn, self.table, self.batch_rows)
 
     def _add(self, constraints: list[tuple[str, str]]) -> None:
         for name, definition in constraints:
@@ -568,8 +570,8 @@ class FirstLoad:
                 return True
         return False
 
-    def _produce(self) -> Generator[tuple[int, Converted], None, None]:
-        return _converted(self.snapshot, self.table, self.load.schema, self.batch_rows)
+    def _reading(self) -> _ReadAhead:
+        return _reading(self.snapshot, self.table, self.load.schema, self.batch_rows)
 
     def _write(self, good: pa.Table) -> None:
         """Decide one batch and COPY its survivors; on a value Postgres refuses, find the
