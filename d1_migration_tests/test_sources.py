@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -202,6 +203,74 @@ def _recorded(source, shadow_path, table):
         shadow = Shadow(snapshot, shadow_path)
         shadow.replace_all(table, 1)
         shadow.commit()
+
+
+def _shadow_rows(shadow_path: Path) -> dict[str, list[tuple]]:
+    with closing(sqlite3.connect(shadow_path)) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {n: conn.execute(f'SELECT * FROM "{n}" ORDER BY 1').fetchall() for n in names}
+
+
+STAGED_TABLES = ("users", "accounts", "sessions", "habits")  # a derived column, a secret one
+
+
+def test_a_copy_staged_while_postgres_loads_equals_one_made_after(tmp_path):
+    """The shadow of a full load is copied by a worker while Postgres loads the table
+    (Shadow.stage), then swapped in: the same rows, derived values and secret digests, the
+    same layout, generation and page map as a copy made after the load on the snapshot's own
+    connection."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=20, seed=6)
+    tables = [SCHEMA.table(name) for name in STAGED_TABLES]
+    for staged in (False, True):
+        with SqliteSource(source).snapshot() as snapshot:
+            shadow = Shadow(snapshot, tmp_path / f"shadow_{staged}.sqlite")
+            for table in tables:
+                if staged:
+                    shadow.stage(table)
+                    shadow._staged[table.name][0].result()  # copied before the swap
+                    assert f"{table.name}~staged" in _shadow_rows(shadow._path)
+                shadow.replace_all(table, 7)
+                shadow.commit()
+            shadow.checkpoint()
+    inline, staged = (_shadow_rows(tmp_path / f"shadow_{s}.sqlite") for s in (False, True))
+    assert inline == staged
+    assert set(STAGED_TABLES) <= set(staged) and all(staged[t] for t in STAGED_TABLES)
+
+
+def test_a_staged_copy_is_not_swapped_in_once_d1_changed(tmp_path):
+    """Between the staged copy and its swap the snapshot begins a new read transaction; D1
+    written in between (a live file) would leave the shadow holding rows D1 no longer has."""
+    source, shadow_path = tmp_path / "d1.sqlite", tmp_path / "shadow.sqlite"
+    build_sample_db(source, users=10, seed=7)
+    habits = SCHEMA.table("habits")
+    with SqliteSource(source).snapshot() as snapshot:
+        shadow = Shadow(snapshot, shadow_path)
+        shadow.stage(habits)
+        shadow._staged["habits"][0].result()
+        shadow.commit()  # a new read transaction: D1 may be written before it reads
+        mutate(source, ["UPDATE habits SET name = 'Renamed' WHERE rowid = 1"])
+        with pytest.raises(sqlite3.OperationalError, match="changed while it was copied"):
+            shadow.replace_all(habits, 1)
+
+
+def test_staged_copies_never_swapped_in_are_dropped(tmp_path):
+    """A table that failed after its copy was staged, and a run killed before the swap."""
+    source, shadow_path = tmp_path / "d1.sqlite", tmp_path / "shadow.sqlite"
+    build_sample_db(source, users=10, seed=8)
+    habits, users = SCHEMA.table("habits"), SCHEMA.table("users")
+    with SqliteSource(source).snapshot() as snapshot:
+        shadow = Shadow(snapshot, shadow_path)
+        shadow.stage(habits)  # its load fails: replace_all is never called
+        shadow.checkpoint()
+    assert "habits~staged" not in _shadow_rows(shadow_path)
+    with closing(sqlite3.connect(shadow_path)) as conn:  # as a killed run leaves it
+        conn.execute('CREATE TABLE "users~staged" (_rowid INTEGER PRIMARY KEY)')
+        conn.commit()
+    with SqliteSource(source).snapshot() as snapshot:
+        shadow = Shadow(snapshot, shadow_path)
+        assert "users~staged" not in _shadow_rows(shadow_path)
+        assert not shadow.usable(users)
 
 
 def test_only_the_rows_of_changed_pages_are_compared(tmp_path):

@@ -16,14 +16,17 @@ a recorded page that is gone (a delete). Only those ranges are compared; a table
 and no vanished page is not read at all. A table whose derived column reads another table has
 no page map (that value can change while its own pages do not) and is compared whole.
 
-The shadow is written only after Postgres committed the table, from the same source snapshot, so it
-can be behind Postgres: the process died in between, or the write failed. A shadow that is behind
-would hide a change that is undone in D1 afterwards (the shadow already equals D1, Postgres does
-not), so each table's generation, which Postgres bumps in the table's own transaction
-(target/load.py), is recorded beside its rows; a shadow recorded at another generation is not
-trusted and the table gets a full pass. That makes a lost shadow commit harmless, so it is written
-without waiting for the disk (WAL, synchronous=NORMAL): a crash can lose its last commits, never
-corrupt it. Its log is folded into the file once a run (checkpoint()), not during the table commits.
+A table's shadow changes only after Postgres committed the table, from the same source snapshot
+(a full load's copy is made beside the load, in a table of its own, and swapped in after the
+commit: Shadow.stage), so it can be behind Postgres: the process died in between, or the write
+failed. A shadow that is behind would hide a change that is undone in D1 afterwards (the shadow
+already equals D1, Postgres does not), so each table's generation, which Postgres bumps in the
+table's own transaction (target/load.py), is recorded beside its rows; a shadow recorded at
+another generation is not trusted and the table gets a full pass. That makes a lost shadow
+commit harmless, so it is written without waiting for the disk (WAL, synchronous=NORMAL): a
+crash can lose its last commits, never corrupt it. The snapshot's connection folds the log
+into the file once a run (checkpoint()), not during the table commits; the staged copies'
+connection folds what it can after each copy, in its own thread.
 
 A shadow belongs to one target database: its file is named after the target's sync token, so
 a new or rebuilt target starts with no shadow, which makes its first sync a full one.
@@ -52,6 +55,7 @@ PAGE = struct.Struct("<16sqq")
 SCOPE = "temp.d1m_scope"  # the rowid ranges a comparison reads
 Ranges = dict[bytes, tuple[int, int]]  # leaf page hash -> (first, last) rowid on it
 DIGEST = "d1m_digest"  # SQL function: _digest
+STAGED_SUFFIX = "~staged"  # a table's next shadow, copied while Postgres loads it (stage())
 
 
 @dataclass
@@ -100,6 +104,15 @@ class Shadow:
         self._pages_now: dict[str, Ranges | None] = {}  # per read transaction, like:
         self._pages_recorded: dict[str, Ranges | None] = {}
         self._projections: dict[str, list[tuple[str, str]]] = {}
+        self._path = path
+        self._staged: dict[str, tuple[Future, tuple]] = {}  # see stage()
+        self._stager: ThreadPoolExecutor | None = None
+        for (name,) in self.conn.execute(
+            f"SELECT name FROM {ALIAS}.sqlite_master WHERE type = 'table' AND name LIKE ?",
+            ["%" + STAGED_SUFFIX],
+        ).fetchall():  # a run that ended before swapping them in
+            self.conn.execute(f"DROP TABLE {ALIAS}.{q(name.decode())}")
+        self._end("COMMIT")  # no write may wait here: the stager writes the shadow too
 
     def _projection(self, table: Table) -> list[tuple[str, str]]:
         """(shadow column, source SQL) pairs: every D1 column, then each derived value. A
@@ -273,13 +286,47 @@ class Shadow:
             blob = b"".join(PAGE.pack(h, first, last) for h, (first, last) in pages.items())
             self.conn.execute(f"INSERT OR REPLACE INTO {PAGES} VALUES (?, ?)", [table.name, blob])
 
+    def stage(self, table: Table) -> None:
+        """Copy ``table`` whole into a table of its own in the shadow now, on a connection of
+        its own in a worker thread, while Postgres loads it; replace_all() then swaps it in.
+        SQLite's copy (1.5 s of a 2M-row first sync) so overlaps Postgres's work instead of
+        following it. Only when a second connection reads this very snapshot (not in WAL
+        mode: Snapshot.arrow_reads); else replace_all() copies on this connection, as before."""
+        if not self.snapshot.arrow_reads():
+            return
+        if self._stager is None:
+            self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d1m-shadow")
+        version = self.snapshot.version()
+        self._staged[table.name] = (
+            self._stager.submit(
+                _stage, self.snapshot.path, self._path, table, self._projection(table), version
+            ),
+            version,
+        )
+
     def replace_all(self, table: Table, generation: int) -> None:
         """After a full load: the shadow becomes the whole source table."""
         name = q(table.name)
-        columns = ", ".join(q(col) for col, _ in self._projection(table))  # no type: no affinity
-        self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{name}")
-        self.conn.execute(f"CREATE TABLE {ALIAS}.{name} (_rowid INTEGER PRIMARY KEY, {columns})")
-        self._copy_rows(table)
+        staged = self._staged.pop(table.name, None)
+        if staged is None:
+            columns = ", ".join(q(col) for col, _ in self._projection(table))  # no affinity
+            self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{name}")
+            self.conn.execute(
+                f"CREATE TABLE {ALIAS}.{name} (_rowid INTEGER PRIMARY KEY, {columns})"
+            )
+            self._copy_rows(table)
+        else:
+            future, version = staged
+            future.result()
+            # This read transaction began before the stager's commit: SQLite would refuse it
+            # a write. A new one must still read the version the stager copied.
+            self._end("COMMIT")
+            if self.snapshot.version() != version:
+                raise sqlite3.OperationalError(f"{table.name}: D1 changed while it was copied")
+            self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{name}")
+            self.conn.execute(
+                f"ALTER TABLE {ALIAS}.{q(table.name + STAGED_SUFFIX)} RENAME TO {name}"
+            )
         self._record(table, generation)
 
     def apply(self, table: Table, rowids: list[int], stale: list[int], generation: int) -> None:
@@ -302,6 +349,13 @@ class Shadow:
         if self._worker is not None:
             self._worker.shutdown(cancel_futures=True)
             self._ahead.clear()
+        if self._stager is not None:
+            self._stager.shutdown()
+            self._stager = None
+        self._end("COMMIT")
+        for name in self._staged:  # of tables that failed: no shadow of theirs changes
+            self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{q(name + STAGED_SUFFIX)}")
+        self._staged.clear()
         self._end("COMMIT")
         self.conn.execute("COMMIT")  # a checkpoint waits for open transactions, ours included
         self.conn.execute(f"PRAGMA {ALIAS}.wal_checkpoint(TRUNCATE)")
@@ -318,6 +372,36 @@ class Shadow:
         self._pages_now.clear()  # the new read transaction may see a newer source
         self._pages_recorded.clear()
         self._projections.clear()
+
+
+def _stage(
+    source: Path,
+    shadow: Path,
+    table: Table,
+    projection: list[tuple[str, str]],
+    version: tuple,
+) -> None:
+    """Shadow.stage's copy, on a connection of its own: the rows of ``table`` in the source
+    snapshot of ``version`` into the shadow's staging table for it, committed."""
+    conn = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute(f"ATTACH DATABASE ? AS {ALIAS}", [f"{shadow.resolve().as_uri()}?mode=rw"])
+        conn.execute(f"PRAGMA {ALIAS}.synchronous = NORMAL")  # WAL is the file's own setting
+        conn.create_function(DIGEST, 2, _digest, deterministic=True)
+        conn.execute("BEGIN")
+        if Snapshot(conn, source).version() != version:
+            raise sqlite3.OperationalError(f"{table.name}: D1 changed before it was copied")
+        name, staged = q(table.name), f"{ALIAS}.{q(table.name + STAGED_SUFFIX)}"
+        columns = ", ".join(q(col) for col, _ in projection)  # no type: no affinity
+        conn.execute(f"DROP TABLE IF EXISTS {staged}")
+        conn.execute(f"CREATE TABLE {staged} (_rowid INTEGER PRIMARY KEY, {columns})")
+        conn.execute(
+            f"INSERT INTO {staged} (_rowid, {columns}) SELECT {name}.rowid, "
+            f"{', '.join(sql for _, sql in projection)} FROM main.{name}"
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def _pages_ahead(path: Path, table: Table) -> tuple[tuple, dict[bytes, int] | None]:

@@ -856,6 +856,8 @@ def migrate_table(
                 except NeedsFullLoad:
                     pass
         if mode == "full":
+            if shadow is not None:
+                shadow.stage(table)
             load, counts = _full_load(conn, snapshot, table, schema, run_id, batch_rows, prefetch)
         inserted, updated, removed, remapped = counts
         # Descendants read these: removed rows may have cascaded into them; any change here
