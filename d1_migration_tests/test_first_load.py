@@ -160,6 +160,30 @@ def test_keys_stay_out_of_python_unless_a_duplicate_appears(tmp_path, new_databa
     assert results["activity_events"].reasons["duplicate_key"] == 1
 
 
+def test_a_table_goes_in_in_one_copy(tmp_path, new_database, monkeypatch):
+    """Postgres stores one batch while the next is decided and encoded: one COPY per table,
+    however many batches (of 3 rows here), where no value is refused and no orphan's parent
+    is looked up (the cases above have both, and equal the staged load)."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=10, bad_rows=False)
+    batches = Snapshot.batches
+    monkeypatch.setattr(
+        Snapshot, "batches", lambda self, table, _, *rest: batches(self, table, 3, *rest)
+    )
+    copies: Counter[str] = Counter()
+    copy = psycopg.Cursor.copy
+
+    def counted(self, statement, *args, **kwargs):
+        copies[statement.split()[1].strip('"')] += 1
+        return copy(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "copy", counted)
+    results = sync(new_database(), source, None, incremental=False)
+    loaded = {name for name, r in results.items() if r.inserted}
+    assert max(results[name].considered for name in loaded) > 30  # many batches
+    assert {name: copies[name] for name in loaded} == dict.fromkeys(loaded, 1)
+
+
 def test_first_load_restores_constraints_and_indexes(tmp_path, new_database):
     """The FK constraints it drops for the load come back, validated, as the DDL made them."""
     source = _cases(tmp_path / "d1.sqlite")

@@ -36,6 +36,9 @@ _BINARY_KINDS = {
     Kind.JSONB,
 }
 _NIL_UUID = "00000000-0000-0000-0000-000000000000"
+# A binary COPY stream: this header, the tuples, this trailer (Postgres's COPY file format).
+HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+TRAILER = b"\xff\xff"
 
 
 def uuid_bytes(text: pa.Array) -> pa.Array | None:
@@ -90,6 +93,12 @@ class BinaryRows:
 
     def encode(self, rows: pa.Table) -> bytes | None:
         """The stream of ``rows`` (self.names of them), or None where an id is not canonical."""
+        tuples = self.tuples(rows)
+        return None if tuples is None else HEADER + tuples + TRAILER
+
+    def tuples(self, rows: pa.Table) -> bytes | None:
+        """``rows`` as the tuples of a stream (its body: streams of several batches share one
+        header and trailer), or None where an id is not canonical."""
         arrays, fields = [], []
         kinds = [c.kind for c in self.columns] + [None] * len(self.extra)
         for name, kind, spec in zip(self.names, kinds, self.fields, strict=True):
@@ -106,4 +115,6 @@ class BinaryRows:
             if spec.name not in encoders:
                 encoders[spec.name] = pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(spec)
         encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(batch.schema, encoders)
-        return encoder.write_header() + encoder.write_batch(batch) + encoder.finish()
+        data = encoder.write_header() + encoder.write_batch(batch) + encoder.finish()
+        assert data.startswith(HEADER) and data.endswith(TRAILER), "pgpq's framing changed"
+        return data[len(HEADER) : -len(TRAILER)]

@@ -33,12 +33,15 @@ rather than a trigger call per row), key constraints as above, secondary indexes
 the load, all inside the table's transaction: atomic as before. id_map and ref_map entries are
 COPYed beside the rows.
 
-A value Postgres itself refuses (a JSON escape its jsonb does not take) fails its batch's COPY;
-the batch is rolled back to its savepoint, its rows are tried one by one into a staging table
-(TableLoad.copy, as the staged path does), and the batch is decided again without the refused
-rows. The one difference from the staged path: a row that Postgres would refuse *and* that a
-rule rejects first is quarantined under the rule's reason (the staged path names Postgres's),
-since it never reaches Postgres.
+The rows of a table go in in one COPY (_CopyStream), so that Postgres stores one batch while
+the next is decided and encoded; a batch with an orphan ends it for the query that names the
+orphan's reason, and the next batch begins another. A value Postgres itself refuses (a JSON
+escape its jsonb does not take) fails that COPY: the table goes back to its savepoint and in
+again in a COPY per batch, where the failing batch is rolled back to a savepoint of its own,
+its rows are tried one by one into a staging table (TableLoad.copy, as the staged path does),
+and the batch is decided again without the refused rows. The one difference from the staged
+path: a row that Postgres would refuse *and* that a rule rejects first is quarantined under the
+rule's reason (the staged path names Postgres's), since it never reaches Postgres.
 
 Reading SQLite and converting (one core) overlaps with Postgres ingesting the previous batch
 (the other): a thread reads and converts ahead while this one decides and COPYs. It starts before
@@ -54,7 +57,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass, field
 
 import psycopg
@@ -64,7 +67,7 @@ import pyarrow.csv as pacsv
 
 from d1_migration.source.snapshot import ROWID, Snapshot
 from d1_migration.spec.model import Column, Kind, Schema, Table, q
-from d1_migration.target.binary import BinaryRows
+from d1_migration.target.binary import HEADER, TRAILER, BinaryRows
 from d1_migration.target.ddl import create_index_sql
 from d1_migration.target.load import ID_MAP, REF_MAP, Counts, TableLoad, _csv
 from d1_migration.transforms import SOURCE_ID, SOURCE_TEXT, Converted, Reject, convert_batch
@@ -400,6 +403,61 @@ class Prefetch:
             self._pending = None
 
 
+class _CopyStream:
+    """One COPY into the target for the rows of many batches: Postgres parses and stores a
+    batch while this side decides and encodes the next (a COPY per batch ended with each
+    waiting for the other). Binary where BinaryRows encodes a batch, CSV where it cannot; a
+    change of format ends one COPY and begins the next. Ending it raises what Postgres
+    refused."""
+
+    def __init__(
+        self, conn: psycopg.Connection, target: str, names: list[str], binary: BinaryRows | None
+    ) -> None:
+        self.conn, self.target, self.names, self.binary = conn, target, names, binary
+        self._open: tuple[ExitStack, psycopg.Copy, str] | None = None
+
+    def write(self, rows: pa.Table) -> None:
+        data = self.binary.tuples(rows) if self.binary else None
+        form = "binary" if data is not None else "csv"
+        if self._open is not None and self._open[2] != form:
+            self.pause()
+        if self._open is None:
+            stack = ExitStack()
+            copy = stack.enter_context(
+                self.conn.cursor().copy(
+                    f"COPY {self.target} ({', '.join(map(q, self.names))}) FROM STDIN "
+                    f"(FORMAT {form})"
+                )
+            )
+            if form == "binary":
+                copy.write(HEADER)
+            self._open = (stack, copy, form)
+        self._open[1].write(data if data is not None else _csv(rows.select(self.names)))
+
+    def pause(self) -> None:
+        """End the COPY under way, if any (the next write begins another): the connection
+        can run a query again."""
+        if self._open is None:
+            return
+        stack, copy, form = self._open
+        self._open = None
+        if form == "binary":
+            copy.write(TRAILER)
+        stack.close()
+
+    def __enter__(self) -> _CopyStream:
+        return self
+
+    def __exit__(self, *failure) -> None:
+        if self._open is None:
+            return
+        if failure[0] is None:
+            self.pause()
+        else:  # the COPY is abandoned: Postgres is told why, the error goes on
+            stack, self._open = self._open[0], None
+            stack.__exit__(*failure)
+
+
 class FirstLoad:
     """The load of one empty table in one pass (see the module's docstring)."""
 
@@ -425,6 +483,8 @@ class FirstLoad:
         self.dedupe = bool(self.own)  # keys decided in Python (see the module's docstring)
         self.parent_keys: dict[str, pa.Array] = {}
         self.binary = BinaryRows.of(load.columns)
+        self.streaming = True  # one COPY for the whole table (see _CopyStream)
+        self.stream: _CopyStream | None = None  # that COPY, while the rows go in
         self._restart()
 
     def _restart(self) -> None:
@@ -433,6 +493,7 @@ class FirstLoad:
         self.held: list[pa.Table] = []  # own-FK tables: the COPYed rows' keys, judged at the end
         self.claimants: list[pa.Table] = []  # keys of rows a rule after the keys rejected
         self.copied = self.remapped = 0
+        self.maps: list[tuple[str, pa.Table]] = []  # id_map/ref_map entries the COPY holds up
         self.staged = False
         self.load.considered, self.load.rejects = 0, []
 
@@ -506,25 +567,13 @@ class FirstLoad:
             conn.execute(f"DELETE FROM {ID_MAP} WHERE source_table = %s", [table.name])
             conn.execute(f"DELETE FROM {REF_MAP} WHERE source_table = %s", [table.name])
 
-            redo = False
-            try:
-                with conn.transaction():  # a savepoint: a duplicate key undoes the attempt
-                    self._stream(converted)
-                    self._add(keys)
-                    if not self.dedupe and self._claims_collide():
-                        raise _KeysCollide
-            except (_KeysCollide, psycopg.errors.UniqueViolation):
-                if self.dedupe:
-                    raise  # the keys were decided in Python: Postgres's equality is not Arrow's
-                redo = True
-        if redo:
+            done = self._attempt(converted, keys)
+        while not done:
             if self.prefetch is not None:  # one reader of the snapshot at a time
                 self.prefetch.close()
             self._restart()
-            self.dedupe = True
             with self._reading() as converted:
-                self._stream(converted)
-            self._add(keys)
+                done = self._attempt(converted, keys)
         removed = self._judge_own_references()
 
         self._add(constraints)
@@ -532,12 +581,39 @@ class FirstLoad:
             conn.execute(statement)
         return self.copied - removed, 0, 0, self.remapped
 
+    def _attempt(self, converted: Iterator[tuple[int, Converted]], keys: list) -> bool:
+        """The rows into the table, in a savepoint; False when they must go in again: with the
+        keys decided in Python (a duplicate), or in a COPY per batch (a value Postgres refused
+        in the table's one COPY: which batch held it is known only per batch)."""
+        try:
+            with self.conn.transaction():
+                self._stream(converted)
+                self._add(keys)
+                if not self.dedupe and self._claims_collide():
+                    raise _KeysCollide
+            return True
+        except (_KeysCollide, psycopg.errors.UniqueViolation):
+            if self.dedupe:
+                raise  # the keys were decided in Python: Postgres's equality is not Arrow's
+            self.dedupe = True
+        except psycopg.DataError:
+            if not self.streaming:
+                raise
+            self.streaming = False
+        return False
+
     def _stream(self, converted: Iterator[tuple[int, Converted]]) -> None:
-        for batch_rows, batch in converted:
-            self.load.considered += batch_rows
-            self.load.rejects += batch.rejects
-            if batch.good.num_rows:
-                self._write(batch.good)
+        stream = _CopyStream(self.conn, self.target, self.names, self.binary)
+        with stream if self.streaming else nullcontext() as self.stream:
+            for batch_rows, batch in converted:
+                self.load.considered += batch_rows
+                self.load.rejects += batch.rejects
+                if batch.good.num_rows:
+                    self._write(batch.good, self.stream)
+        self.stream = None
+        for relation, entries in self.maps:
+            self._copy_table(relation, entries)
+        self.maps = []
         if self.prefetch is not None:  # SQLite is free: on to the next table
             self.prefetch.after(self.conn, self.table, self.batch_rows)
 
@@ -573,18 +649,23 @@ class FirstLoad:
     def _reading(self) -> _ReadAhead:
         return _reading(self.snapshot, self.table, self.load.schema, self.batch_rows)
 
-    def _write(self, good: pa.Table) -> None:
-        """Decide one batch and COPY its survivors; on a value Postgres refuses, find the
-        refused rows, quarantine them and decide the batch again without them."""
+    def _write(self, good: pa.Table, stream: _CopyStream | None) -> None:
+        """Decide one batch and COPY its survivors, into the table's ``stream`` or (None) in a
+        COPY of its own; there, on a value Postgres refuses, find the refused rows, quarantine
+        them and decide the batch again without them."""
         while True:
             decision = self._decide(good)
-            try:
-                with self.conn.transaction():
-                    self._copy(good, decision.survivors)
-            except psycopg.DataError:
-                refused = self._refused(good)
-                good = good.filter(pc.invert(pc.is_in(good[ROWID], pa.array(refused, pa.int64()))))
-                continue
+            if stream is not None:
+                self._copy(good, decision.survivors, stream)
+            else:
+                try:
+                    with self.conn.transaction():
+                        self._copy(good, decision.survivors, None)
+                except psycopg.DataError:
+                    refused = self._refused(good)
+                    kept = pc.invert(pc.is_in(good[ROWID], pa.array(refused, pa.int64())))
+                    good = good.filter(kept)
+                    continue
             if self.dedupe:
                 for seen, claimed in zip(self.seen, decision.claimed, strict=True):
                     seen.update(claimed)
@@ -609,27 +690,29 @@ class FirstLoad:
             raise RuntimeError(f"{self.table.name}: Postgres refused a batch but no row of it")
         return refused
 
-    def _copy(self, good: pa.Table, survivors: pa.Array) -> None:
+    def _copy(self, good: pa.Table, survivors: pa.Array, stream: _CopyStream | None) -> None:
         rows = good.filter(survivors)
         if not rows.num_rows:
             return
-        names = ", ".join(map(q, self.names))
-        data = self.binary.encode(rows) if self.binary else None
-        form = "binary" if data is not None else "csv"
-        with self.conn.cursor().copy(
-            f"COPY {self.target} ({names}) FROM STDIN (FORMAT {form})"
-        ) as copy:
-            copy.write(data if data is not None else _csv(rows.select(self.names)))
+        if stream is not None:
+            stream.write(rows)
+        else:
+            with _CopyStream(self.conn, self.target, self.names, self.binary) as copy:
+                copy.write(rows)
         self.copied += rows.num_rows
         if self.own:
             keep = [ROWID, self.pk, *{c.parent[1] for c in self.own}]
             keep += [c.name for c in self.table.foreign_keys]
             self.held.append(rows.select(list(dict.fromkeys(keep))))
-        self._copy_maps(rows)
+        self._map_entries(rows)
+        if stream is None:
+            for relation, entries in self.maps:
+                self._copy_table(relation, entries)
+            self.maps = []
 
-    def _copy_maps(self, rows: pa.Table) -> None:
-        """The id_map and ref_map entries of the COPYed rows (load.py's record_* do the same
-        from the staging table)."""
+    def _map_entries(self, rows: pa.Table) -> None:
+        """The id_map and ref_map entries of the COPYed rows, into self.maps (load.py's
+        record_* make the same from the staging table); COPYed once the table's COPY ends."""
         name = pa.scalar(self.table.name)
         if SOURCE_ID in rows.column_names:
             mapped = rows.filter(pc.is_valid(rows[SOURCE_ID]))
@@ -641,7 +724,7 @@ class FirstLoad:
                         "target_id": mapped[self.pk],
                     }
                 )
-                self._copy_table(ID_MAP, entries)
+                self.maps.append((ID_MAP, entries))
                 self.remapped += mapped.num_rows
         for column in self.table.unlinked_ids:
             text = SOURCE_TEXT + column.name
@@ -656,7 +739,7 @@ class FirstLoad:
                         "target_id": mapped[column.name],
                     }
                 )
-                self._copy_table(REF_MAP, entries)
+                self.maps.append((REF_MAP, entries))
 
     def _copy_table(self, relation: str, rows: pa.Table) -> None:
         names = ", ".join(map(q, rows.column_names))
@@ -778,6 +861,8 @@ class FirstLoad:
             }
         ).filter(orphan)
         found = rows.to_pylist()
+        if self.stream is not None:  # the connection answers no query during a COPY
+            self.stream.pause()
         quarantined = self.load._quarantined_parents(
             parent_table, parent_column, [r["value"] for r in found]
         )
