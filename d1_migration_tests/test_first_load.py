@@ -359,6 +359,33 @@ def test_the_read_ahead_hands_its_errors_to_the_reader():
             next(items)
 
 
+def test_sqlite_is_read_in_one_thread_and_converted_in_another(tmp_path, monkeypatch):
+    """Reading and converting each take about half of a read-ahead's time: a thread of their
+    own each, so that they run side by side."""
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=10, bad_rows=False)
+    readers, converters = set(), set()
+    batches, convert = Snapshot.batches, first_load.convert_batch
+
+    def reading(self, *args):
+        for batch in batches(self, *args):
+            readers.add(threading.get_ident())
+            yield batch
+
+    def converting(*args):
+        converters.add(threading.get_ident())
+        return convert(*args)
+
+    monkeypatch.setattr(Snapshot, "batches", reading)
+    monkeypatch.setattr(first_load, "convert_batch", converting)
+    with SqliteSource(source).snapshot() as snapshot:
+        table = SCHEMA.table("points_ledger")
+        with first_load._reading(snapshot, table, SCHEMA, 20) as converted:
+            assert sum(rows for rows, _ in converted) == snapshot.count(table) > 100
+    assert readers and converters and not readers & converters
+    assert threading.get_ident() not in readers | converters
+
+
 def _read_aheads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "d1m-read-ahead" and t.is_alive()]
 

@@ -43,9 +43,9 @@ and the batch is decided again without the refused rows. The one difference from
 path: a row that Postgres would refuse *and* that a rule rejects first is quarantined under the
 rule's reason (the staged path names Postgres's), since it never reaches Postgres.
 
-Reading SQLite and converting (one core) overlaps with Postgres ingesting the previous batch
-(the other): a thread reads and converts ahead while this one decides and COPYs. It starts before
-the parents' keys are read and the DDL runs, which is Postgres's work too.
+Reading SQLite and converting overlap with Postgres ingesting the previous batch: a thread
+reads SQLite ahead, another converts what it read, while this one decides and COPYs. They start
+before the parents' keys are read and the DDL runs, which is Postgres's work too.
 """
 
 from __future__ import annotations
@@ -300,8 +300,12 @@ class _ReadAhead:
 def _converted(
     snapshot: Snapshot, table: Table, schema: Schema, batch_rows: int
 ) -> Generator[tuple[int, Converted], None, None]:
-    for batch in snapshot.batches(table, batch_rows):
-        yield batch.num_rows, convert_batch(table, batch, schema)
+    """The batches converted, while a thread of their own reads the next ones from SQLite: of
+    a read-ahead's time, reading is about half and converting the rest, and either can run
+    beside the other (both release the GIL)."""
+    with _ReadAhead(functools.partial(snapshot.batches, table, batch_rows)) as batches:
+        for batch in batches:
+            yield batch.num_rows, convert_batch(table, batch, schema)
 
 
 def _reading(snapshot: Snapshot, table: Table, schema: Schema, batch_rows: int) -> _ReadAhead:
