@@ -296,11 +296,17 @@ class Shadow:
             return
         if self._stager is None:
             self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="d1m-shadow")
+        # This connection makes the table: a table another connection created can stay unknown
+        # to this one's schema cache (the rename in replace_all then found no such table).
+        projection = self._projection(table)
+        staged = f"{ALIAS}.{q(table.name + STAGED_SUFFIX)}"
+        columns = ", ".join(q(col) for col, _ in projection)  # no type: no affinity
+        self.conn.execute(f"DROP TABLE IF EXISTS {staged}")
+        self.conn.execute(f"CREATE TABLE {staged} (_rowid INTEGER PRIMARY KEY, {columns})")
+        self._end("COMMIT")  # the stager writes next: no lock of ours may keep it waiting
         version = self.snapshot.version()
         self._staged[table.name] = (
-            self._stager.submit(
-                _stage, self.snapshot.path, self._path, table, self._projection(table), version
-            ),
+            self._stager.submit(_stage, self.snapshot.path, self._path, table, projection, version),
             version,
         )
 
@@ -382,7 +388,8 @@ def _stage(
     version: tuple,
 ) -> None:
     """Shadow.stage's copy, on a connection of its own: the rows of ``table`` in the source
-    snapshot of ``version`` into the shadow's staging table for it, committed."""
+    snapshot of ``version`` into the shadow's staging table for it (made by Shadow.stage),
+    committed."""
     conn = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     try:
         conn.execute(f"ATTACH DATABASE ? AS {ALIAS}", [f"{shadow.resolve().as_uri()}?mode=rw"])
@@ -392,9 +399,7 @@ def _stage(
         if Snapshot(conn, source).version() != version:
             raise sqlite3.OperationalError(f"{table.name}: D1 changed before it was copied")
         name, staged = q(table.name), f"{ALIAS}.{q(table.name + STAGED_SUFFIX)}"
-        columns = ", ".join(q(col) for col, _ in projection)  # no type: no affinity
-        conn.execute(f"DROP TABLE IF EXISTS {staged}")
-        conn.execute(f"CREATE TABLE {staged} (_rowid INTEGER PRIMARY KEY, {columns})")
+        columns = ", ".join(q(col) for col, _ in projection)
         conn.execute(
             f"INSERT INTO {staged} (_rowid, {columns}) SELECT {name}.rowid, "
             f"{', '.join(sql for _, sql in projection)} FROM main.{name}"
