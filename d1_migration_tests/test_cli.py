@@ -266,21 +266,26 @@ def test_migrate_exit_codes_modes_and_verbose(tmp_path, pg_url):
         D1_MIGRATION_TARGET_URL=as_url(pg_url),
         D1_MIGRATION_STATE_DIR=str(tmp_path / "sync"),
     )
-    done = run(["migrate"], tmp_path, env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Tables synced: 66; rows inserted 4" in done.stdout
-    for noise in NOISE:
-        assert noise not in done.stdout + done.stderr
-    mutate(source, ["UPDATE user_wallet SET coins = 99"])  # drift: an ERROR check fails
-    done = run(["migrate", "--full", "--verbose"], tmp_path, env)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "updated 1" in done.stdout and "1 ERROR" in done.stdout
-    assert " - DEBUG - " in done.stderr  # --verbose: Dagster's own log
-    with psycopg.connect(pg_url) as conn:
-        modes = {r[0] for r in conn.execute("SELECT mode FROM d1_migration.sync_state")}
-    assert modes == {"full"}
-    done = run(["status"], tmp_path, env)
-    assert "FAILED wallet_matches_ledger (ERROR)" in done.stdout and done.returncode == 1
+    try:
+        done = run(["migrate"], tmp_path, env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Tables synced: 66; rows inserted 4" in done.stdout
+        for noise in NOISE:
+            assert noise not in done.stdout + done.stderr
+        mutate(source, ["UPDATE user_wallet SET coins = 99"])  # drift: an ERROR check fails
+        done = run(["migrate", "--full", "--verbose"], tmp_path, env)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "updated 1" in done.stdout and "1 ERROR" in done.stdout
+        assert " - DEBUG - " in done.stderr  # --verbose: Dagster's own log
+        with psycopg.connect(pg_url) as conn:
+            modes = {r[0] for r in conn.execute("SELECT mode FROM d1_migration.sync_state")}
+        assert modes == {"full"}
+        done = run(["status"], tmp_path, env)
+        assert "FAILED wallet_matches_ledger (ERROR)" in done.stdout and done.returncode == 1
+    finally:  # Dagster's storage ran in the embedded server (no DAGSTER_HOME): stop it
+        stopped = run(["embedded", "stop"], tmp_path, env)
+        stop_embedded_postgres(tmp_path / ".d1_migration")  # in case the command did not
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
 def test_quarantine_keeps_session_tokens_hashed(tmp_path, pg_url, monkeypatch, capsys):
