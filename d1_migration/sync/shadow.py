@@ -260,12 +260,8 @@ class Shadow:
         return changes
 
     def _copy_rows(self, table: Table, where: str = "") -> None:
-        name = q(table.name)
-        projection = self._projection(table)
         self.conn.execute(
-            f"INSERT OR REPLACE INTO {ALIAS}.{name} (_rowid, "
-            f"{', '.join(q(col) for col, _ in projection)}) SELECT {name}.rowid, "
-            f"{', '.join(sql for _, sql in projection)} FROM main.{name} {where}"
+            _copy_sql(f"{ALIAS}.{q(table.name)}", table, self._projection(table), where)
         )
 
     def _record(self, table: Table, generation: int) -> None:
@@ -299,10 +295,8 @@ class Shadow:
         # This connection makes the table: a table another connection created can stay unknown
         # to this one's schema cache (the rename in replace_all then found no such table).
         projection = self._projection(table)
-        staged = f"{ALIAS}.{q(table.name + STAGED_SUFFIX)}"
-        columns = ", ".join(q(col) for col, _ in projection)  # no type: no affinity
-        self.conn.execute(f"DROP TABLE IF EXISTS {staged}")
-        self.conn.execute(f"CREATE TABLE {staged} (_rowid INTEGER PRIMARY KEY, {columns})")
+        self.conn.execute(f"DROP TABLE IF EXISTS {_staged(table.name)}")
+        self.conn.execute(_create_sql(_staged(table.name), projection))
         self._end("COMMIT")  # the stager writes next: no lock of ours may keep it waiting
         version = self.snapshot.version()
         self._staged[table.name] = (
@@ -315,11 +309,8 @@ class Shadow:
         name = q(table.name)
         staged = self._staged.pop(table.name, None)
         if staged is None:
-            columns = ", ".join(q(col) for col, _ in self._projection(table))  # no affinity
             self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{name}")
-            self.conn.execute(
-                f"CREATE TABLE {ALIAS}.{name} (_rowid INTEGER PRIMARY KEY, {columns})"
-            )
+            self.conn.execute(_create_sql(f"{ALIAS}.{name}", self._projection(table)))
             self._copy_rows(table)
         else:
             future, version = staged
@@ -330,9 +321,7 @@ class Shadow:
             if self.snapshot.version() != version:
                 raise sqlite3.OperationalError(f"{table.name}: D1 changed while it was copied")
             self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{name}")
-            self.conn.execute(
-                f"ALTER TABLE {ALIAS}.{q(table.name + STAGED_SUFFIX)} RENAME TO {name}"
-            )
+            self.conn.execute(f"ALTER TABLE {_staged(table.name)} RENAME TO {name}")
         self._record(table, generation)
 
     def apply(self, table: Table, rowids: list[int], stale: list[int], generation: int) -> None:
@@ -360,7 +349,7 @@ class Shadow:
             self._stager = None
         self._end("COMMIT")
         for name in self._staged:  # of tables that failed: no shadow of theirs changes
-            self.conn.execute(f"DROP TABLE IF EXISTS {ALIAS}.{q(name + STAGED_SUFFIX)}")
+            self.conn.execute(f"DROP TABLE IF EXISTS {_staged(name)}")
         self._staged.clear()
         self._end("COMMIT")
         self.conn.execute("COMMIT")  # a checkpoint waits for open transactions, ours included
@@ -378,6 +367,26 @@ class Shadow:
         self._pages_now.clear()  # the new read transaction may see a newer source
         self._pages_recorded.clear()
         self._projections.clear()
+
+
+def _staged(table_name: str) -> str:
+    """The shadow's staging table of ``table_name``, qualified."""
+    return f"{ALIAS}.{q(table_name + STAGED_SUFFIX)}"
+
+
+def _create_sql(into: str, projection: list[tuple[str, str]]) -> str:
+    """A shadow table ``into`` (qualified) for rows of ``projection``, at their source rowid."""
+    columns = ", ".join(q(col) for col, _ in projection)  # no type: no affinity
+    return f"CREATE TABLE {into} (_rowid INTEGER PRIMARY KEY, {columns})"
+
+
+def _copy_sql(into: str, table: Table, projection: list[tuple[str, str]], where: str = "") -> str:
+    """``table``'s source rows (those ``where`` holds for) into the shadow table ``into``."""
+    name = q(table.name)
+    return (
+        f"INSERT OR REPLACE INTO {into} (_rowid, {', '.join(q(col) for col, _ in projection)}) "
+        f"SELECT {name}.rowid, {', '.join(sql for _, sql in projection)} FROM main.{name} {where}"
+    )
 
 
 def _stage(
@@ -398,12 +407,7 @@ def _stage(
         conn.execute("BEGIN")
         if Snapshot(conn, source).version() != version:
             raise sqlite3.OperationalError(f"{table.name}: D1 changed before it was copied")
-        name, staged = q(table.name), f"{ALIAS}.{q(table.name + STAGED_SUFFIX)}"
-        columns = ", ".join(q(col) for col, _ in projection)
-        conn.execute(
-            f"INSERT INTO {staged} (_rowid, {columns}) SELECT {name}.rowid, "
-            f"{', '.join(sql for _, sql in projection)} FROM main.{name}"
-        )
+        conn.execute(_copy_sql(_staged(table.name), table, projection))
         conn.execute("COMMIT")
     finally:
         conn.close()

@@ -31,7 +31,7 @@ because SQLite hands them over in rowid order and every rule keeps the lowest ro
 FK constraints are dropped before the COPY and added again after it (one validating join each,
 rather than a trigger call per row), key constraints as above, secondary indexes rebuilt after
 the load, all inside the table's transaction: atomic as before. id_map and ref_map entries are
-COPYed beside the rows.
+COPYed after the table's rows, in its savepoint.
 
 The rows of a table go in in one COPY (_CopyStream), so that Postgres stores one batch while
 the next is decided and encoded; a batch with an orphan ends it for the query that names the
@@ -607,13 +607,16 @@ class FirstLoad:
         return False
 
     def _stream(self, converted: Iterator[tuple[int, Converted]]) -> None:
-        stream = _CopyStream(self.conn, self.target, self.names, self.binary)
-        with stream if self.streaming else nullcontext() as self.stream:
+        with (
+            _CopyStream(self.conn, self.target, self.names, self.binary)
+            if self.streaming
+            else nullcontext()
+        ) as self.stream:
             for batch_rows, batch in converted:
                 self.load.considered += batch_rows
                 self.load.rejects += batch.rejects
                 if batch.good.num_rows:
-                    self._write(batch.good, self.stream)
+                    self._write(batch.good)
         self.stream = None
         for relation, entries in self.maps:
             self._copy_table(relation, entries)
@@ -653,18 +656,18 @@ class FirstLoad:
     def _reading(self) -> _ReadAhead:
         return _reading(self.snapshot, self.table, self.load.schema, self.batch_rows)
 
-    def _write(self, good: pa.Table, stream: _CopyStream | None) -> None:
-        """Decide one batch and COPY its survivors, into the table's ``stream`` or (None) in a
-        COPY of its own; there, on a value Postgres refuses, find the refused rows, quarantine
-        them and decide the batch again without them."""
+    def _write(self, good: pa.Table) -> None:
+        """Decide one batch and COPY its survivors, into the table's stream (self.stream) or,
+        without one, in a COPY of its own; there, on a value Postgres refuses, find the refused
+        rows, quarantine them and decide the batch again without them."""
         while True:
             decision = self._decide(good)
-            if stream is not None:
-                self._copy(good, decision.survivors, stream)
+            if self.stream is not None:
+                self._copy(good, decision.survivors)
             else:
                 try:
                     with self.conn.transaction():
-                        self._copy(good, decision.survivors, None)
+                        self._copy(good, decision.survivors)
                 except psycopg.DataError:
                     refused = self._refused(good)
                     kept = pc.invert(pc.is_in(good[ROWID], pa.array(refused, pa.int64())))
@@ -694,12 +697,12 @@ class FirstLoad:
             raise RuntimeError(f"{self.table.name}: Postgres refused a batch but no row of it")
         return refused
 
-    def _copy(self, good: pa.Table, survivors: pa.Array, stream: _CopyStream | None) -> None:
+    def _copy(self, good: pa.Table, survivors: pa.Array) -> None:
         rows = good.filter(survivors)
         if not rows.num_rows:
             return
-        if stream is not None:
-            stream.write(rows)
+        if self.stream is not None:
+            self.stream.write(rows)
         else:
             with _CopyStream(self.conn, self.target, self.names, self.binary) as copy:
                 copy.write(rows)
@@ -709,14 +712,11 @@ class FirstLoad:
             keep += [c.name for c in self.table.foreign_keys]
             self.held.append(rows.select(list(dict.fromkeys(keep))))
         self._map_entries(rows)
-        if stream is None:
-            for relation, entries in self.maps:
-                self._copy_table(relation, entries)
-            self.maps = []
 
     def _map_entries(self, rows: pa.Table) -> None:
         """The id_map and ref_map entries of the COPYed rows, into self.maps (load.py's
-        record_* make the same from the staging table); COPYed once the table's COPY ends."""
+        record_* make the same from the staging table); _stream COPYs them once the rows are
+        in, inside the table's savepoint like the rows."""
         name = pa.scalar(self.table.name)
         if SOURCE_ID in rows.column_names:
             mapped = rows.filter(pc.is_valid(rows[SOURCE_ID]))
