@@ -19,10 +19,10 @@ from d1_migration.source.snapshot import ROWID
 # ID_NAMESPACE and uuid_for are the ID kind's mapping; the load and the tests name them here.
 from d1_migration.spec.kinds import ID_NAMESPACE as ID_NAMESPACE
 from d1_migration.spec.kinds import (
+    WRONG_CLASS,
     ColumnBatch,
     Failures,
     Kind,
-    StorageClass,
     decode_utf8,
     epoch_number,
     sentence,
@@ -61,14 +61,12 @@ def _convert_column(
     is not storable text, which is filed as a failure here)."""
     name, kind = column.name, column.kind
     label = column.source_name or column.name
-    cls = batch[f"{name}__class"]
+    cls = batch[f"{name}__{WRONG_CLASS}"]
     raw = batch[f"{name}__value"]
 
-    present = pc.not_equal(cls, StorageClass.NULL)
-    wrong = pc.and_(present, pc.invert(pc.is_in(cls, pa.array(kind.accepts, pa.int8()))))
     fail.add(
         name,
-        wrong,
+        pc.is_valid(cls),
         "wrong_type",
         lambda: sentence(
             f"{label} holds a ",

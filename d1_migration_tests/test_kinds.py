@@ -11,7 +11,14 @@ import pyarrow.compute as pc
 import pytest
 
 from d1_migration.source.snapshot import SqliteSource
-from d1_migration.spec.kinds import ColumnBatch, ColumnKind, Projection, quoted, sentence
+from d1_migration.spec.kinds import (
+    ColumnBatch,
+    ColumnKind,
+    Projection,
+    StorageClass,
+    quoted,
+    sentence,
+)
 from d1_migration.spec.model import Column, Kind, Schema, Table, text, uuid_pk
 from d1_migration.sync.engine import SchemaDrift, sync_all
 from d1_migration.transforms import convert_batch
@@ -138,3 +145,11 @@ def test_an_inet_column_read_from_d1_is_refused_with_the_reason(tmp_path):
         batch = next(snap.batches(table, 10))
         with pytest.raises(TypeError, match="ages: an inet column has no D1 value"):
             convert_batch(table, batch, Schema(enums=(), tables=(table,)))
+
+
+def test_a_kind_whose_value_is_not_what_it_accepts_is_refused():
+    """ADBC's read tells a wrong class by a missing value (snapshot.py): a kind that accepted a
+    class its value projection leaves NULL would have that class read as NULL, silently."""
+    with pytest.raises(ValueError, match="accepted"):
+        ColumnKind("loose", "TEXT", _convert_range, accepts=(StorageClass.TEXT, StorageClass.BLOB))
+    assert ColumnKind("strict", "TEXT", _convert_range).accepts == (StorageClass.TEXT,)

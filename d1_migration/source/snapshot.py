@@ -1,7 +1,8 @@
 """Reading D1 (a SQLite file) into Arrow record batches.
 
-Each target column is selected as the projections its kind declares (spec/kinds.py): a storage-class
-code plus a value that is homogeneous for the kind, and the kind's extras.
+Each target column is selected as the projections its kind declares (spec/kinds.py): the storage
+class of a value the kind does not accept, a value that is homogeneous for the kind, and the
+kind's extras.
 
 A whole table is read by ADBC's SQLite driver, which builds the Arrow arrays in C: 2 to 4 times
 faster than Python's ``sqlite3`` handing over a tuple per row (benchmarks/source_read.py), and it
@@ -11,19 +12,27 @@ rollback-journal mode (a D1 export, a copied file), not in WAL mode, where a rea
 committed when *it* began. A WAL file, and a read of chosen rowids (their temp table lives on the
 snapshot's connection), take ``sqlite3``. The driver infers each column's type from the values it
 meets, so the query starts with one row of typed zeros that fixes every type and is dropped.
+
+ADBC's read leaves out the storage classes: typeof() and its comparisons, per value, were 35%
+of SQLite's work (every table of a 2M-row file: 5.4 s with them, 3.5 s without). A value is read
+exactly when its class is one the kind accepts (``Projection.classes``), so a row that has as
+many values as non-NULL source values (one ``IS NOT NULL`` each, counted by SQLite) holds no
+wrong class; the classes of the other rows, which are bad data and rare, are read again by
+their rowids.
 """
 
 from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import hashlib
 import json
 import math
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +40,11 @@ import adbc_driver_sqlite.dbapi
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from d1_migration.spec.kinds import WRONG_CLASS
 from d1_migration.spec.model import Column, Table, q
 
 ROWID = "_rowid"
+VALUES = "_values"  # ADBC's read without classes: a row's count of non-NULL source values
 
 
 def source_expr(table: Table, column: Column) -> str:
@@ -63,29 +74,37 @@ class Blocks:
     size: int
 
 
-def select_sql(table: Table, chosen: bool = False, where: str | None = None) -> str:
+def _projections(table: Table, classes: bool) -> list[tuple[str, str, pa.DataType]]:
+    """(alias, SQL, Arrow type) of the batch query's columns; without ``classes``, VALUES
+    instead of the wrong_class projections (see the module's docstring)."""
+    out = [(ROWID, f"{q(table.name)}.rowid", pa.int64())]
+    for column in table.source_columns:
+        out += [
+            p
+            for p in column_projections(table, column)
+            if classes or not p[0].endswith(f"__{WRONG_CLASS}")
+        ]
+    if not classes:
+        present = (f"({source_expr(table, c)} IS NOT NULL)" for c in table.source_columns)
+        out.append((VALUES, " + ".join(present) or "0", pa.int64()))
+    return out
+
+
+def select_sql(
+    table: Table, chosen: bool = False, where: str | None = None, classes: bool = True
+) -> str:
     """The batch query; ``chosen`` limits it to the rowids in CHOSEN_ROWS, ``where`` to the
     rows it holds for."""
-    projections = [(ROWID, f"{q(table.name)}.rowid")]
-    for column in table.source_columns:
-        projections += [(alias, sql) for alias, sql, _ in column_projections(table, column)]
-    cols = ",\n  ".join(f"{sql} AS {q(alias)}" for alias, sql in projections)
+    cols = ",\n  ".join(f"{sql} AS {q(alias)}" for alias, sql, _ in _projections(table, classes))
     if chosen:
         where = f"{q(table.name)}.rowid IN (SELECT id FROM {CHOSEN_ROWS})"
     where = f"\nWHERE {where}" if where else ""
     return f"SELECT\n  {cols}\nFROM {q(table.name)}{where}\nORDER BY {q(table.name)}.rowid"
 
 
-def batch_schema(table: Table) -> pa.Schema:
+def batch_schema(table: Table, classes: bool = True) -> pa.Schema:
     """The Arrow schema of select_sql's rows."""
-    return pa.schema(
-        [pa.field(ROWID, pa.int64())]
-        + [
-            pa.field(alias, arrow)
-            for column in table.source_columns
-            for alias, _, arrow in column_projections(table, column)
-        ]
-    )
+    return pa.schema([pa.field(alias, arrow) for alias, _, arrow in _projections(table, classes)])
 
 
 def source_pk_text(keys: list, rowid: int) -> str:
@@ -369,30 +388,84 @@ class Snapshot:
         rowid order, typed as sqlite3's; only while arrow_reads() holds."""
         if not self.arrow_reads():
             raise RuntimeError(f"{self._path}: a second connection would not see this snapshot")
-        schema = batch_schema(table)
-        zeros = ", ".join(f"{_TYPED_ZERO[f.type]} AS {q(f.name)}" for f in schema)
-        cursor = self._arrow.cursor()
-        try:
-            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
-            query = select_sql(table, where=where)
-            cursor.execute(f"SELECT {zeros} UNION ALL SELECT * FROM ({query})")
-            last = None  # the previous batch's last rowid
-            for i, batch in enumerate(cursor.fetch_record_batch()):
-                if i == 0:
-                    batch = batch.slice(1)  # the typed zeros
-                if not batch.num_rows:
-                    continue
-                arrays = [_typed(a, f) for a, f in zip(batch.columns, schema, strict=True)]
-                rowid = arrays[0]
+        schema, read = batch_schema(table), batch_schema(table, classes=False)
+        last = None  # the previous batch's last rowid
+        query = select_sql(table, where=where, classes=False)
+        with closing(self._adbc_batches(query, read, batch_rows)) as batches:
+            for batch in batches:
+                rowid = batch[ROWID]
                 ordered = pc.all(pc.greater(rowid[1:], rowid[:-1])).as_py() is not False
                 if not ordered or (last is not None and rowid[0].as_py() <= last):
                     raise RuntimeError(f"{table.name}: SQLite returned rows out of rowid order")
                 last = rowid[-1].as_py()
-                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
-        finally:
-            cursor.close()
+                yield self._with_classes(table, batch, schema)
         if self.version() != self._locked:  # the read lock should make this impossible
             raise RuntimeError(f"{self._path} changed while {table.name} was read; sync again")
+
+    def _adbc_batches(
+        self, query: str, schema: pa.Schema, batch_rows: int, parameters: Sequence | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """``query``'s rows through ADBC as ``schema`` (see the module's docstring)."""
+        zeros = ", ".join(f"{_TYPED_ZERO[f.type]} AS {q(f.name)}" for f in schema)
+        cursor = self._arrow.cursor()
+        try:
+            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
+            cursor.execute(f"SELECT {zeros} UNION ALL SELECT * FROM ({query})", parameters)
+            for i, batch in enumerate(cursor.fetch_record_batch()):
+                if i == 0:
+                    batch = batch.slice(1)  # the typed zeros
+                if batch.num_rows:
+                    arrays = [_typed(a, f) for a, f in zip(batch.columns, schema, strict=True)]
+                    yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+        finally:
+            cursor.close()
+
+    def _with_classes(
+        self, table: Table, batch: pa.RecordBatch, schema: pa.Schema
+    ) -> pa.RecordBatch:
+        """A batch read without the wrong_class projections, as ``schema`` with them: NULL in
+        each row that has a value for every non-NULL source value, read by rowid for the
+        others (see the module's docstring)."""
+        n = batch.num_rows
+        counts = [
+            pc.cast(pc.is_valid(batch[f"{c.name}__value"]), pa.int64())
+            for c in table.source_columns
+        ]
+        short = pc.not_equal(functools.reduce(pc.add, counts), batch[VALUES])
+        classes = [f for f in schema if f.name.endswith(f"__{WRONG_CLASS}")]
+        found: dict[str, pa.Array] = {}
+        if pc.any(short).as_py():
+            rowids = batch[ROWID].filter(short)
+            sql = ", ".join(
+                f"{sql} AS {q(alias)}"
+                for column in table.source_columns
+                for alias, sql, _ in column_projections(table, column)
+                if alias.endswith(f"__{WRONG_CLASS}")
+            )
+            query = (
+                f"SELECT {q(table.name)}.rowid AS {ROWID}, {sql} FROM {q(table.name)} WHERE "
+                f"{q(table.name)}.rowid IN (SELECT value FROM json_each(?)) ORDER BY 1"
+            )
+            read = pa.schema([pa.field(ROWID, pa.int64()), *classes])
+            wrong = pa.Table.from_batches(
+                self._adbc_batches(query, read, len(rowids), [json.dumps(rowids.to_pylist())]),
+                read,
+            )
+            if not wrong[ROWID].equals(pa.chunked_array([rowids])):
+                raise RuntimeError(f"{table.name}: rows changed while they were read")
+            found = {
+                f.name: pc.replace_with_mask(
+                    pa.nulls(n, pa.int8()), short, wrong[f.name].combine_chunks()
+                )
+                for f in classes
+            }
+        columns = [
+            found.get(f.name, pa.nulls(n, pa.int8()))
+            if f.name.endswith(f"__{WRONG_CLASS}")
+            else batch[f.name]
+            for f in schema
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
 
     def raw_rows(self, table: Table, rowids: Iterable[int]) -> dict[int, RawRow]:
         """Original values of the given rows, for quarantine. Error path only."""

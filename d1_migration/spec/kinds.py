@@ -50,26 +50,37 @@ class Projection:
     suffix: str
     sql: str  # {x} stands for the column's source expression
     arrow: pa.DataType
+    # a value projection's: the storage classes it gives a value for (NULL for any other)
+    classes: tuple[StorageClass, ...] = ()
 
 
-CLASS = Projection(
-    "class",
-    "CASE typeof({x}) WHEN 'null' THEN 0 WHEN 'integer' THEN 1 WHEN 'real' THEN 2 "
-    "WHEN 'text' THEN 3 ELSE 4 END",
-    pa.int8(),
-)
-INTEGER_VALUE = Projection("value", "CASE WHEN typeof({x}) = 'integer' THEN {x} END", pa.int64())
-REAL_VALUE = Projection(
-    "value",
-    "CASE WHEN typeof({x}) IN ('integer', 'real') THEN CAST({x} AS REAL) END",
-    pa.float64(),
-)
+WRONG_CLASS = "wrong_class"  # the suffix of wrong_class(): read apart (Snapshot.arrow_batches)
+
+
+def wrong_class(accepts: tuple[StorageClass, ...]) -> Projection:
+    """The storage class of a value its kind does not accept, NULL for any other (an accepted
+    value, or NULL): what the converters check the class for."""
+    others = [c for c in StorageClass if c is not StorageClass.NULL and c not in accepts]
+    whens = " ".join(f"WHEN '{c.name.lower()}' THEN {int(c)}" for c in others)
+    sql = f"CASE typeof({{x}}) {whens} END" if others else "NULL"
+    return Projection(WRONG_CLASS, sql, pa.int8())
+
+
+def value_of(classes: tuple[StorageClass, ...], expr: str, arrow: pa.DataType) -> Projection:
+    """A kind's value: ``expr`` for a value of one of ``classes`` (never NULL for one), NULL
+    for any other."""
+    names = ", ".join(f"'{c.name.lower()}'" for c in classes)
+    return Projection(
+        "value", f"CASE WHEN typeof({{x}}) IN ({names}) THEN {expr} END", arrow, classes
+    )
+
+
+INTEGER_VALUE = value_of((StorageClass.INTEGER,), "{x}", pa.int64())
+REAL_VALUE = value_of((StorageClass.INTEGER, StorageClass.REAL), "CAST({x} AS REAL)", pa.float64())
 # Text arrives as bytes; the converters validate UTF-8 in bulk.
-TEXT_VALUE = Projection("value", "CASE WHEN typeof({x}) = 'text' THEN {x} END", pa.binary())
-TEMPORAL_VALUE = Projection(
-    "value",
-    "CASE WHEN typeof({x}) IN ('integer', 'real', 'text') THEN CAST({x} AS TEXT) END",
-    pa.binary(),
+TEXT_VALUE = value_of((StorageClass.TEXT,), "{x}", pa.binary())
+TEMPORAL_VALUE = value_of(
+    (StorageClass.INTEGER, StorageClass.REAL, StorageClass.TEXT), "CAST({x} AS TEXT)", pa.binary()
 )
 JSON_OK = Projection("ok", "CASE WHEN typeof({x}) = 'text' THEN json_valid({x}) END", pa.int8())
 # A JSON array of strings (or nulls) rendered as a Postgres array literal, in element order.
@@ -168,10 +179,16 @@ class ColumnKind:
     decodes_text: bool = True
     empty_is_null: bool = True
 
+    def __post_init__(self) -> None:
+        # A value read is then a value accepted: what lets Snapshot.arrow_batches tell the
+        # rows with a wrong class by their count of values, not by each value's class.
+        if set(self.value.classes) != set(self.accepts):
+            raise ValueError(f"{self.name}: its value projection must give exactly the accepted")
+
     @property
     def projections(self) -> tuple[Projection, ...]:
         """Everything the batch query selects for a column of this kind, in order."""
-        return (CLASS, self.value, *self.extras)
+        return (wrong_class(self.accepts), self.value, *self.extras)
 
     def __repr__(self) -> str:
         return f"ColumnKind({self.name!r})"
