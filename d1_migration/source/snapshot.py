@@ -52,8 +52,8 @@ def source_expr(table: Table, column: Column) -> str:
 
 
 def column_projections(table: Table, column: Column) -> list[tuple[str, str, pa.DataType]]:
-    """(alias, SQL, Arrow type) of each value a converter reads: ``<name>__class``, ``__value``
-    and the kind's extras."""
+    """(alias, SQL, Arrow type) of each value a converter reads: ``<name>__wrong_class``,
+    ``__value`` and the kind's extras."""
     x = source_expr(table, column)
     return [
         (f"{column.name}__{p.suffix}", p.sql.format(x=x), p.arrow) for p in column.kind.projections

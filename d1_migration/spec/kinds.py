@@ -1,14 +1,15 @@
 """The column kinds: one entry per kind says everything about it, from D1 to Postgres.
 
 SQLite is dynamically typed: an INTEGER column can hold text, a TEXT column a blob. So for each
-column the batch query selects a storage-class code plus a projection that is homogeneous for its
-kind (integers only, text only, ...), which Arrow can take without per-value inspection; checks
-that need a JSON parser run there, in SQLite's JSON1, because Arrow has none. An entry names that
-projection and its Arrow type, the storage classes the kind accepts, its D1 and Postgres types,
-and its converter: a function on the batch's Arrow arrays that returns the target values and
-records every value it cannot convert faithfully (a reason code and a sentence). The spec
-(model.py), the source query (source/snapshot.py) and the batch conversion (transforms.py) read
-these entries and never switch on a kind, so a new kind is one ``ColumnKind``: add it to ``Kind``.
+column the batch query selects the storage class of a value the kind does not accept plus a
+projection that is homogeneous for its kind (integers only, text only, ...), which Arrow can take
+without per-value inspection; checks that need a JSON parser run there, in SQLite's JSON1,
+because Arrow has none. An entry names that projection and its Arrow type, the storage classes
+the kind accepts, its D1 and Postgres types, and its converter: a function on the batch's Arrow
+arrays that returns the target values and records every value it cannot convert faithfully (a
+reason code and a sentence). The spec (model.py), the source query (source/snapshot.py) and the
+batch conversion (transforms.py) read these entries and never switch on a kind, so a new kind is
+one ``ColumnKind``: add it to ``Kind``.
 
 Per-value Python runs only on the rare paths Arrow has no kernel for: UUIDv5 of non-UUID ids
 (memoised), SHA-256 of session tokens, and locating invalid UTF-8 (or the array element holding
