@@ -184,7 +184,12 @@ class ColumnKind:
         # A value read is then a value accepted: what lets Snapshot.arrow_batches tell the
         # rows with a wrong class by their count of values, not by each value's class.
         if set(self.value.classes) != set(self.accepts):
-            raise ValueError(f"{self.name}: its value projection must give exactly the accepted")
+            given = sorted(c.name for c in self.value.classes)
+            accepted = sorted(c.name for c in self.accepts)
+            raise ValueError(
+                f"{self.name}: its value projection gives values of {given} but the kind accepts"
+                f" {accepted}; they must be the same classes"
+            )
 
     @property
     def projections(self) -> tuple[Projection, ...]:
