@@ -79,15 +79,16 @@ def _projections(table: Table, classes: bool) -> list[tuple[str, str, pa.DataTyp
     instead of the wrong_class projections (see the module's docstring)."""
     out = [(ROWID, f"{q(table.name)}.rowid", pa.int64())]
     for column in table.source_columns:
-        out += [
-            p
-            for p in column_projections(table, column)
-            if classes or not p[0].endswith(f"__{WRONG_CLASS}")
-        ]
+        out += [p for p in column_projections(table, column) if classes or not _is_class(p[0])]
     if not classes:
         present = (f"({source_expr(table, c)} IS NOT NULL)" for c in table.source_columns)
         out.append((VALUES, " + ".join(present) or "0", pa.int64()))
     return out
+
+
+def _is_class(alias: str) -> bool:
+    """Whether a batch column is a wrong_class projection."""
+    return alias.endswith(f"__{WRONG_CLASS}")
 
 
 def select_sql(
@@ -432,21 +433,17 @@ class Snapshot:
             for c in table.source_columns
         ]
         short = pc.not_equal(functools.reduce(pc.add, counts), batch[VALUES])
-        classes = [f for f in schema if f.name.endswith(f"__{WRONG_CLASS}")]
+        none = pa.nulls(n, pa.int8())
         found: dict[str, pa.Array] = {}
         if pc.any(short).as_py():
             rowids = batch[ROWID].filter(short)
-            sql = ", ".join(
-                f"{sql} AS {q(alias)}"
-                for column in table.source_columns
-                for alias, sql, _ in column_projections(table, column)
-                if alias.endswith(f"__{WRONG_CLASS}")
-            )
+            wanted = [p for p in _projections(table, True) if p[0] == ROWID or _is_class(p[0])]
             query = (
-                f"SELECT {q(table.name)}.rowid AS {ROWID}, {sql} FROM {q(table.name)} WHERE "
-                f"{q(table.name)}.rowid IN (SELECT value FROM json_each(?)) ORDER BY 1"
+                f"SELECT {', '.join(f'{sql} AS {q(alias)}' for alias, sql, _ in wanted)} "
+                f"FROM {q(table.name)} WHERE {q(table.name)}.rowid IN "
+                "(SELECT value FROM json_each(?)) ORDER BY 1"
             )
-            read = pa.schema([pa.field(ROWID, pa.int64()), *classes])
+            read = pa.schema([pa.field(alias, arrow) for alias, _, arrow in wanted])
             wrong = pa.Table.from_batches(
                 self._adbc_batches(query, read, len(rowids), [json.dumps(rowids.to_pylist())]),
                 read,
@@ -454,17 +451,10 @@ class Snapshot:
             if not wrong[ROWID].equals(pa.chunked_array([rowids])):
                 raise RuntimeError(f"{table.name}: rows changed while they were read")
             found = {
-                f.name: pc.replace_with_mask(
-                    pa.nulls(n, pa.int8()), short, wrong[f.name].combine_chunks()
-                )
-                for f in classes
+                name: pc.replace_with_mask(none, short, wrong[name].combine_chunks())
+                for name in read.names[1:]
             }
-        columns = [
-            found.get(f.name, pa.nulls(n, pa.int8()))
-            if f.name.endswith(f"__{WRONG_CLASS}")
-            else batch[f.name]
-            for f in schema
-        ]
+        columns = [found.get(f.name, none) if _is_class(f.name) else batch[f.name] for f in schema]
         return pa.RecordBatch.from_arrays(columns, schema=schema)
 
     def raw_rows(self, table: Table, rowids: Iterable[int]) -> dict[int, RawRow]:
