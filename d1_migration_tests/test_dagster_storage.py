@@ -9,16 +9,24 @@ same server sessions serve one run after another.
 
 import socket
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import psycopg
 import pytest
-from dagster import DagsterInstance, asset, materialize
+from dagster import AssetCheckResult, DagsterInstance, asset, asset_check, materialize
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster_postgres.event_log import PostgresEventLogStorage
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from d1_migration.defs import dagster_storage
-from d1_migration.defs.dagster_storage import STORAGE_URL_ENV, pooled_instance
+from d1_migration.defs.dagster_storage import (
+    SCHEMA_QUESTIONS,
+    STORAGE_URL_ENV,
+    pooled_instance,
+    remember_schema,
+)
 from d1_migration.target.embedded import embedded_postgres_url, stop_embedded_postgres
 from d1_migration_tests.helpers import as_url
 
@@ -53,6 +61,60 @@ def test_runs_are_recorded_through_connections_held_open(tmp_path, new_database,
         assert len(instance.get_runs()) == 4  # and the storage works through the public API
     finally:
         instance.dispose()
+
+
+@asset
+def another() -> int:
+    return 2
+
+
+@asset_check(asset=trivial)
+def trivial_is_one() -> AssetCheckResult:
+    return AssetCheckResult(passed=True)
+
+
+def test_the_event_log_asks_the_catalog_about_its_schema_once(tmp_path, new_database, monkeypatch):
+    """Each materialization and check evaluation made the event log ask the catalog whether a
+    table and a column exist (remember_schema); now each question is asked once."""
+    asked: Counter = Counter()
+    for cls, name in zip(
+        (PostgresEventLogStorage, SqlEventLogStorage), SCHEMA_QUESTIONS, strict=True
+    ):
+        real = getattr(cls, name)
+
+        def counting(self, *args, _real=real, _name=name):
+            asked[(_name, *(a for a in args if isinstance(a, str)))] += 1
+            return _real(self, *args)
+
+        monkeypatch.setattr(cls, name, counting)
+    instance = pooled_instance(tmp_path / "home", as_url(new_database()))
+    try:
+        for _ in range(3):
+            assert materialize([trivial, another, trivial_is_one], instance=instance).success
+    finally:
+        instance.dispose()
+    assert {question[0] for question in asked} == set(SCHEMA_QUESTIONS), asked
+    assert set(asked.values()) == {1}, asked
+
+
+def test_a_schema_question_answered_no_is_asked_again():
+    class Events:
+        def __init__(self):
+            self.answers = {"asset_event_tags": [False, True]}
+            self.asked = 0
+
+        def has_table(self, name: str) -> bool:
+            self.asked += 1
+            answers = self.answers[name]
+            return answers.pop(0) if len(answers) > 1 else answers[0]
+
+        def _has_asset_key_col_on_connection(self, conn, name: str) -> bool:
+            return True
+
+    events = Events()
+    remember_schema(events)
+    assert [events.has_table("asset_event_tags") for _ in range(4)] == [False, True, True, True]
+    assert events.asked == 2  # the no, then the yes, remembered after
 
 
 @pytest.fixture
