@@ -10,6 +10,7 @@ canonical UUID text.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Sequence
 
 import pgpq
@@ -36,6 +37,7 @@ _BINARY_KINDS = {
     Kind.JSONB,
 }
 _NIL_UUID = "00000000-0000-0000-0000-000000000000"
+_HYPHENS = (8, 13, 18, 23)  # where canonical UUID text has them
 # A binary COPY stream: this header, the tuples, this trailer (Postgres's COPY file format).
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 TRAILER = b"\xff\xff"
@@ -43,21 +45,30 @@ TRAILER = b"\xff\xff"
 
 def uuid_bytes(text: pa.Array) -> pa.Array | None:
     """Canonical UUID text (what the ID kind gives) as 16-byte values, Postgres's binary uuid;
-    None where a value is not canonical."""
+    None where a value is not 32 hex digits with hyphens at 8, 13, 18 and 23.
+
+    All in C, on the batch's text as one buffer of 36-byte values: one copy, four strided
+    slices for the hyphens, one deletion of them (bytes.translate: 70% of replace's time) and
+    one decode (unhexlify takes bytes, where fromhex wants a str copy and skips whitespace).
+    A 2M-row load has about 5M ids."""
     n = len(text)
-    filled = pc.fill_null(text, _NIL_UUID)
+    filled = pc.fill_null(text, _NIL_UUID) if text.null_count else text
     if n == 0 or not pc.all(pc.equal(pc.binary_length(filled), 36)).as_py():
         return None if n else pa.array([], pa.binary(16))
-    filled = pa.concat_arrays([filled])  # offsets from 0, one contiguous data buffer
+    filled = pa.concat_arrays([filled])  # one contiguous data buffer
     offsets = memoryview(filled.buffers()[1]).cast("i")
-    hex_text = filled.buffers()[2].to_pybytes()[offsets[0] : offsets[n]].replace(b"-", b"")
-    if len(hex_text) != 32 * n:
+    data = filled.buffers()[2][offsets[0] : offsets[n]].to_pybytes()
+    if any(data[at::36] != b"-" * n for at in _HYPHENS):
         return None
     try:
-        raw = bytes.fromhex(hex_text.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+        raw = binascii.unhexlify(data.translate(None, b"-"))
+    except binascii.Error:  # not hex, or a hyphen elsewhere (odd length)
+        return None
+    if len(raw) != 16 * n:
         return None
     values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw)])
+    if not text.null_count:
+        return values
     return pc.if_else(pc.is_valid(text), values, pa.scalar(None, pa.binary(16)))
 
 
