@@ -1,10 +1,11 @@
 """The pooled Dagster storage: the one module built on Dagster internals, guarded here.
 
 dagster_storage.py relies on names dagster-postgres does not document (``from_config_value``
-with ``dagster._serdes.ConfigurableClassData``, and each storage part's
-``optimize_for_webserver``). A Dagster upgrade that renames them fails the import or the
-instance's creation here; one that keeps the names but stops pooling fails the check that the
-same server sessions serve one run after another.
+with ``dagster._serdes.ConfigurableClassData``, each storage part's ``optimize_for_webserver``,
+and the event log's SCHEMA_QUESTIONS). A Dagster upgrade that renames them fails the import or
+the instance's creation here; one that keeps the names but stops pooling fails the check that
+the same server sessions serve one run after another, and one that asks its schema another way
+fails the check that each question is asked once.
 """
 
 import socket

@@ -9,7 +9,8 @@ use it; a process holds one connection, plus short-lived extra ones while thread
 
 dagster-postgres has no public setting for this, so this is the one module of the project
 built on Dagster internals (``dagster._serdes.ConfigurableClassData``, ``from_config_value``,
-``optimize_for_webserver``); test_dagster_storage.py fails on an upgrade that breaks them.
+``optimize_for_webserver``, and the event log's SCHEMA_QUESTIONS); test_dagster_storage.py
+fails on an upgrade that breaks them.
 
 Where: ``postgres_url`` when the config gives one, else DAGSTER_PG_URL (its database created
 when the server has none of that name), else the embedded PostgreSQL under .d1_migration,
@@ -81,10 +82,10 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         return storage
 
 
-# What the event log asks Postgres's catalog before it stores each asset event: whether a table
-# (asset_event_tags) and a column of asset_keys exist. Two catalog queries per materialization,
-# observation and check evaluation (400 of those in a 70k-row sync): about 1.5 s of a 70k-row
-# Materialize all's 17 s, at every size, the same in every re-sync.
+# What the event log asks Postgres's catalog (SQLAlchemy reflection) before it stores an asset
+# event: whether a table (asset_event_tags) and a column of asset_keys exist. Remembered, a
+# 70k-row Materialize all took 13.1-15.0 s against 16.0-17.3 s (3 interleaved pairs,
+# profile.md); a no-change re-sync stores as many events.
 SCHEMA_QUESTIONS = ("has_table", "_has_asset_key_col_on_connection")
 
 
