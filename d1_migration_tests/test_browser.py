@@ -161,12 +161,12 @@ def dismiss_nux(page: Page) -> None:
 def materialize_all(page: Page, base: str) -> tuple[str, str]:
     """Click Materialize all on the asset graph; wait for the run: (run id, its status)."""
     page.goto(f"{base}/asset-groups")  # the left nav's "Lineage"
-    dismiss_nux(page)
     # its accessible name starts with an icon's: "materialization Materialize all (66)"
     button = page.get_by_role("button", name=re.compile(r"Materialize all \(\d+\)$"))
     expect(button).to_be_enabled(timeout=120_000)  # once the code location has loaded
-    # On a loaded machine the dialog can open only now, over the button (CI at d073d46: all
-    # five tests behind this fixture timed out on a click the dialog's backdrop took).
+    # The dialog is looked for once the button is enabled, not on arrival: on a loaded machine
+    # it opened later than a look on arrival waits, over the button (CI at d073d46: all five
+    # tests behind this fixture timed out on a click the dialog's backdrop took).
     dismiss_nux(page)
     # No toast names the run: its id is in the launch mutation's answer. Before launching, the
     # UI loads every selected asset (2-30 s here), hence the long wait.
