@@ -12,9 +12,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from dagster import DagsterInstance, serialize_value
+from dagster import (
+    AssetObservation,
+    DagsterInstance,
+    MaterializeResult,
+    build_asset_context,
+    serialize_value,
+)
 
-from d1_migration.defs.assets import TARGET_RETRY, SyncConfig
+from d1_migration.defs.assets import TARGET_RETRY, StepSummary, SyncConfig, _table_events
 from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.runner import materialize_all
@@ -127,6 +133,46 @@ def test_a_connection_lost_before_any_table_is_target_lost_naming_them_all(pg_ur
                 sync_tables(conn, snapshot, SCHEMA, lambda _: tmp_path / "shadow", incremental=True)
             )
     assert lost.value.unsynced == ORDER
+    assert "terminating connection due to administrator command" in lost.value.cause
+
+
+def test_a_table_committed_just_before_the_target_goes_away_is_materialized(pg_url, tmp_path):
+    """The target lost between a table's commit and the count its materialization reports:
+    the table is still materialized (a lost target's message counts those as synced), without
+    the counts it could not read, and the loss is raised once it is."""
+    path = tmp_path / "d1.sqlite"
+    build_sample_db(path, users=10, seed=1)
+    with (
+        psycopg.connect(pg_url, autocommit=True) as conn,
+        psycopg.connect(pg_url, autocommit=True) as admin,
+        SqliteSource(path).snapshot() as snapshot,
+    ):
+        (outcome,) = [
+            o
+            for o in sync_tables(
+                conn, snapshot, SCHEMA, None, incremental=False, selected={"users"}
+            )
+            if o.status is Status.SYNCED
+        ]
+        admin.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
+        events = []
+        with pytest.raises(TargetLost) as lost:
+            for event in _table_events(
+                build_asset_context(),
+                outcome,
+                None,  # no check is reached: the loss is raised first
+                snapshot,
+                conn,
+                StepSummary(),
+                [],
+                D1Source(path=str(path)),
+                SCHEMA,
+                {},
+            ):
+                events.append(event)
+    assert [type(e) for e in events] == [AssetObservation, MaterializeResult]
+    assert events[1].asset_key.path[-1] == "users"
+    assert "dagster/row_count" not in events[1].metadata
     assert "terminating connection due to administrator command" in lost.value.cause
 
 

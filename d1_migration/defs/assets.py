@@ -487,23 +487,31 @@ def _table_events(
             f"{table.name}: {result.quarantined} row(s) quarantined in "
             f"d1_migration.rejected_rows: {result.reasons}"
         )
-    rows, quarantined = _target_state(conn, table)
+    gone: TargetLost | None = None
+    try:
+        rows, quarantined = _target_state(conn, table)
+        counts = {ROW_COUNT: rows, "quarantined_rows": quarantined}
+    except TargetLost as lost:  # after the table's commit: it is synced, its counts unknown
+        gone, counts, quarantined = lost, {}, 0
     summary.table(result, quarantined)
     yield AssetObservation(
         asset_key=source_key(table.name),
         metadata=source_observation(d1, table, result.source_rows),
     )
+    # Yielded even when the target went away: the run's materializations are what a lost
+    # target's message counts as synced (_target_gone), and this table's commit stands.
     yield MaterializeResult(
         asset_key=target_key(table.name),
         metadata={
             **_metadata(result),
-            ROW_COUNT: rows,
-            "quarantined_rows": quarantined,
+            **counts,
             COLUMN_SCHEMA: target_column_schema(table, schema),
             COLUMN_LINEAGE: column_lineage(table),
             **described,
         },
     )
+    if gone is not None:
+        raise gone
     checks.settled(table, result.source_rows)
     yield from summary.counted(checks.finished())
 
