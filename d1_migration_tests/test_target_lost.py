@@ -24,7 +24,7 @@ from d1_migration.defs.assets import TARGET_RETRY, StepSummary, SyncConfig, _tab
 from d1_migration.defs.resources import D1Source, PostgresTarget, SyncSettings
 from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.runner import materialize_all
-from d1_migration.source.snapshot import SqliteSource
+from d1_migration.source.snapshot import Snapshot, SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.engine import Status, TargetLost, sync_tables
 from d1_migration.target.ddl import load_order
@@ -119,15 +119,26 @@ def test_the_engine_stops_at_once_with_one_target_lost(cluster, source, tmp_path
     assert committed(url) == set(synced)  # what was committed stays committed
 
 
-def test_a_connection_lost_before_any_table_is_target_lost_naming_them_all(pg_url, tmp_path):
-    path = tmp_path / "d1.sqlite"
+@contextmanager
+def killable(pg_url: str, path: Path) -> Iterator[tuple[psycopg.Connection, Snapshot, Callable]]:
+    """A connection to ``pg_url``, a snapshot of a 10-user D1 database built at ``path``, and
+    a call that terminates the connection's backend from another session."""
     build_sample_db(path, users=10, seed=1)
     with (
         psycopg.connect(pg_url, autocommit=True) as conn,
         psycopg.connect(pg_url, autocommit=True) as admin,
         SqliteSource(path).snapshot() as snapshot,
     ):
-        admin.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
+        yield (
+            conn,
+            snapshot,
+            lambda: admin.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid]),
+        )
+
+
+def test_a_connection_lost_before_any_table_is_target_lost_naming_them_all(pg_url, tmp_path):
+    with killable(pg_url, tmp_path / "d1.sqlite") as (conn, snapshot, kill):
+        kill()
         with pytest.raises(TargetLost) as lost:
             list(
                 sync_tables(conn, snapshot, SCHEMA, lambda _: tmp_path / "shadow", incremental=True)
@@ -141,12 +152,7 @@ def test_a_table_committed_just_before_the_target_goes_away_is_materialized(pg_u
     the table is still materialized (a lost target's message counts those as synced), without
     the counts it could not read, and the loss is raised once it is."""
     path = tmp_path / "d1.sqlite"
-    build_sample_db(path, users=10, seed=1)
-    with (
-        psycopg.connect(pg_url, autocommit=True) as conn,
-        psycopg.connect(pg_url, autocommit=True) as admin,
-        SqliteSource(path).snapshot() as snapshot,
-    ):
+    with killable(pg_url, path) as (conn, snapshot, kill):
         (outcome,) = [
             o
             for o in sync_tables(
@@ -154,7 +160,7 @@ def test_a_table_committed_just_before_the_target_goes_away_is_materialized(pg_u
             )
             if o.status is Status.SYNCED
         ]
-        admin.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
+        kill()
         events = []
         with pytest.raises(TargetLost) as lost:
             for event in _table_events(
