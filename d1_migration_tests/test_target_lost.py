@@ -26,7 +26,7 @@ from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.runner import materialize_all
 from d1_migration.source.snapshot import Snapshot, SqliteSource
 from d1_migration.spec.tables import SCHEMA
-from d1_migration.sync.engine import Status, TargetLost, sync_tables
+from d1_migration.sync.engine import Status, TargetLost, sync_tables, target_lost
 from d1_migration.target.ddl import load_order
 from d1_migration.verify.cutover import cutover_check
 from d1_migration_tests.helpers import as_url, assert_like_fresh_migration
@@ -145,6 +145,21 @@ def test_a_connection_lost_before_any_table_is_target_lost_naming_them_all(pg_ur
             )
     assert lost.value.unsynced == ORDER
     assert "terminating connection due to administrator command" in lost.value.cause
+
+
+def test_a_shutdown_notice_ends_the_connection_before_its_socket_is_seen_closed(pg_url):
+    """CI at 503cb3d: a stopping server's notice (AdminShutdown) reached an executemany's
+    pipeline before psycopg saw the socket close; the gate caught the TargetLost, and the
+    ``with`` around the still-open connection then sent COMMIT mid-pipeline, which failed and
+    hid the verdict. The notice alone must end the connection; any other error leaves it be."""
+    notice = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    with psycopg.connect(pg_url) as conn:  # not autocommit: leaving the block COMMITs
+        conn.execute("SELECT 1")  # a transaction is open
+        assert target_lost(conn, psycopg.errors.UniqueViolation("dup"), ["users"]) is None
+        assert not conn.closed
+        lost = target_lost(conn, notice, ["users"])
+        assert lost is not None and lost.unsynced == ["users"]
+        assert conn.closed
 
 
 def test_a_table_committed_just_before_the_target_goes_away_is_materialized(pg_url, tmp_path):

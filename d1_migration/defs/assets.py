@@ -62,6 +62,7 @@ from d1_migration.sync.engine import (
     Status,
     TargetLost,
     sync_tables,
+    target_lost,
     unsynced_message,
 )
 from d1_migration.sync.target_lock import TARGET_POOL, TargetBusy, holder_name, target_lock
@@ -352,9 +353,9 @@ def _target_state(conn: psycopg.Connection, table: Table) -> tuple[int, int]:
                         WHERE source_table = %s AND resolved_at IS NULL)""",
             [table.name],
         ).fetchone()
-    except psycopg.OperationalError as error:
-        if conn.closed:  # the target went away between tables: retried like any loss
-            raise TargetLost(f"Lost the connection to the target: {error}", []) from error
+    except psycopg.Error as error:
+        if lost := target_lost(conn, error, []):  # retried like any loss
+            raise lost from error
         raise
 
 

@@ -61,12 +61,18 @@ class TargetLost(Exception):
         self.unsynced = list(unsynced)
 
 
-def _lost(conn: psycopg.Connection, error: Exception, unsynced: Sequence[str]) -> TargetLost | None:
+def target_lost(
+    conn: psycopg.Connection, error: Exception, unsynced: Sequence[str]
+) -> TargetLost | None:
     """TargetLost when ``error`` ended ``conn``: psycopg then marks it closed (and broken); a
-    server shutting down says so first (AdminShutdown, CrashShutdown)."""
+    server shutting down says so first (AdminShutdown, CrashShutdown), sometimes before the
+    socket is seen closed. The connection is closed here in either case: it is of no more use,
+    and the ``with`` that opened it must not COMMIT on it (mid-pipeline, an executemany, that
+    COMMIT fails with "cannot exit pipeline mode while busy" and hides the TargetLost)."""
     shutdown = isinstance(error, (psycopg.errors.AdminShutdown, psycopg.errors.CrashShutdown))
     if not (conn.closed or shutdown):
         return None
+    conn.close()
     return TargetLost(f"Lost the connection to the target: {error}", unsynced)
 
 
@@ -132,7 +138,7 @@ def _sync_locked(
         ensure_schema(conn, schema)
         shadow = Shadow(snapshot, shadow_file(conn)) if shadow_file is not None else None
     except Exception as error:
-        if lost := _lost(conn, error, unsynced):
+        if lost := target_lost(conn, error, unsynced):
             raise lost from error
         raise
     if shadow is not None and incremental:
@@ -163,7 +169,7 @@ def _sync_locked(
             except Exception as error:  # the table is unchanged (one transaction); go on
                 if shadow is not None:
                     shadow.rollback()
-                if lost := _lost(conn, error, unsynced):
+                if lost := target_lost(conn, error, unsynced):
                     log.error("%s", lost)
                     raise lost from error
                 failed.add(table.name)
