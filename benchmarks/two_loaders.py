@@ -1,0 +1,125 @@
+"""What a second loader connection would gain on a first load, before building one: the engine
+alone (no Dagster, no shadow) loads the root tables, then the rest either on one connection or
+split into two FK-closed groups loaded by two threads at once, into a fresh database each time.
+
+    PYTHONPATH=. python -m benchmarks.two_loaders .d1_migration/bench/d1_32000_0_clean.sqlite
+
+The roots are the tables without parents, users, and the small tables (< 1,000 rows) whose
+parents are all roots; the other tables are grouped by the FK edges among them (a table is in
+its parents' group) and the groups shared out by rows. The engine's target lock is bypassed:
+here the two loaders are one sync. Interleaved pairs, "two" first in each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Collection
+from pathlib import Path
+
+import psycopg
+
+from d1_migration.source.snapshot import SqliteSource
+from d1_migration.spec.tables import SCHEMA
+from d1_migration.sync import engine
+from d1_migration.target.ddl import load_order
+
+SMALL = 1_000
+
+
+def split(source: Path) -> tuple[set[str], list[set[str]], list[int]]:
+    """The roots, the two groups, and each group's rows."""
+    with SqliteSource(source).snapshot() as snapshot:
+        rows = {t.name: snapshot.count(t) for t in SCHEMA.tables}
+    order = load_order(SCHEMA)
+    roots = {t.name for t in order if not t.parents} | {"users"}
+    roots |= {t.name for t in order if set(t.parents) <= roots and rows[t.name] < SMALL}
+    group = {t.name: t.name for t in order}
+
+    def find(name: str) -> str:
+        while group[name] != name:
+            name = group[name]
+        return name
+
+    for table in order:
+        if table.name not in roots:
+            for parent in table.parents:
+                if parent not in roots:
+                    group[find(table.name)] = find(parent)
+    components: dict[str, set[str]] = {}
+    for table in order:
+        if table.name not in roots:
+            components.setdefault(find(table.name), set()).add(table.name)
+    groups, sizes = [set(), set()], [0, 0]
+    for component in sorted(components.values(), key=lambda c: -sum(rows[n] for n in c)):
+        emptier = sizes.index(min(sizes))
+        groups[emptier] |= component
+        sizes[emptier] += sum(rows[n] for n in component)
+    return roots, groups, sizes
+
+
+def load(url: str, source: Path, selected: Collection[str], errors: list) -> None:
+    try:
+        with (
+            psycopg.connect(url, autocommit=True) as conn,
+            SqliteSource(source).snapshot() as snapshot,
+        ):
+            for outcome in engine.sync_tables(
+                conn, snapshot, SCHEMA, None, incremental=False, selected=selected
+            ):
+                if outcome.status not in (engine.Status.SYNCED, engine.Status.UNSELECTED):
+                    errors.append(f"{outcome.table.name}: {outcome.error}")
+    except Exception as error:  # reported by the caller, which fails the measurement
+        errors.append(repr(error))
+
+
+def measure(server: str, source: Path, loaders: int) -> tuple[float, float]:
+    """Seconds of the roots and of the rest, with ``loaders`` connections for the rest."""
+    roots, groups, _ = split(source)
+    name = f"two_loaders_{os.getpid()}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    errors: list[str] = []
+    try:
+        started = time.perf_counter()
+        load(url, source, roots, errors)
+        middle = time.perf_counter()
+        if loaders == 1:
+            load(url, source, groups[0] | groups[1], errors)
+        else:
+            threads = [threading.Thread(target=load, args=(url, source, g, errors)) for g in groups]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        ended = time.perf_counter()
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    if errors:
+        raise SystemExit(f"the load failed: {errors}")
+    return middle - started, ended - middle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("--server", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--pairs", type=int, default=4)
+    args = parser.parse_args()
+    roots, groups, sizes = split(args.source)
+    print(f"roots: {len(roots)} tables; groups: {[len(g) for g in groups]} tables, rows {sizes}")
+    # One sync, two loaders: the lock that keeps two syncs apart would keep them apart too.
+    engine.target_lock = lambda *args, **kwargs: contextlib.nullcontext()
+    for pair in range(1, args.pairs + 1):
+        for loaders in (2, 1):
+            first, rest = measure(args.server, args.source, loaders)
+            print(f"pair {pair}, {loaders} loader(s): roots {first:.1f} s, the rest {rest:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
