@@ -38,11 +38,14 @@ from d1_migration.defs.keys import source_key, target_key
 from d1_migration.defs.table_metadata import (
     COLUMN_LINEAGE,
     COLUMN_SCHEMA,
+    ROW_COUNT,
+    TABLE_NAME,
     column_lineage,
     target_column_schema,
 )
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.target.ddl import load_order
+from d1_migration.verify.checks import SCHEMA_MATCHES
 
 VARIANTS = ("as the project", "lean metadata", "console at WARNING")
 
@@ -55,7 +58,7 @@ def _events(variant: str) -> Iterator:
     for table in SCHEMA.tables:
         yield AssetCheckEvaluation(
             asset_key=source_key(table.name),
-            check_name="schema_matches_spec",
+            check_name=SCHEMA_MATCHES,
             passed=True,
             metadata={"columns": len(table.columns)},
             severity=AssetCheckSeverity.ERROR,
@@ -63,7 +66,7 @@ def _events(variant: str) -> Iterator:
     for table in load_order(SCHEMA):  # Dagster wants a multi-asset's outputs in FK order
         yield AssetObservation(
             asset_key=source_key(table.name),
-            metadata={"dagster/row_count": 1000, "d1_table": table.name},
+            metadata={ROW_COUNT: 1000, "d1_table": table.name},
         )
         metadata = {
             "mode": "full",
@@ -71,8 +74,8 @@ def _events(variant: str) -> Iterator:
             "quarantine_reasons": MetadataValue.json({}),
             "inserted": 1000,
             "seconds": 0.1,
-            "dagster/row_count": 1000,
-            "dagster/table_name": f"db.public.{table.name}",
+            ROW_COUNT: 1000,
+            TABLE_NAME: f"db.public.{table.name}",
         }
         if variant != "lean metadata":
             metadata[COLUMN_SCHEMA] = target_column_schema(table, SCHEMA)
