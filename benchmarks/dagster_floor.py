@@ -120,7 +120,7 @@ def main() -> None:
     for variant in VARIANTS:
         runs = [_run(variant) for _ in range(args.repeat)]
         print(
-            f"{variant:16} median {statistics.median(runs):.2f} s "
+            f"{variant:18} median {statistics.median(runs):.2f} s "
             f"(min {min(runs):.2f}, max {max(runs):.2f}, {args.repeat} runs)"
         )
 
