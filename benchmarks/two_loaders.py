@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks.peers import drop_database, fresh_database
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync import engine
@@ -76,13 +77,12 @@ def load(url: str, source: Path, selected: Collection[str], errors: list) -> Non
         errors.append(repr(error))
 
 
-def measure(server: str, source: Path, loaders: int) -> tuple[float, float]:
+def measure(
+    server: str, source: Path, roots: set[str], groups: list[set[str]], loaders: int
+) -> tuple[float, float]:
     """Seconds of the roots and of the rest, with ``loaders`` connections for the rest."""
-    roots, groups, _ = split(source)
     name = f"two_loaders_{os.getpid()}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    url = fresh_database(server, name)
     errors: list[str] = []
     try:
         started = time.perf_counter()
@@ -98,8 +98,7 @@ def measure(server: str, source: Path, loaders: int) -> tuple[float, float]:
                 thread.join()
         ended = time.perf_counter()
     finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(server, name)
     if errors:
         raise SystemExit(f"the load failed: {errors}")
     return middle - started, ended - middle
@@ -117,7 +116,7 @@ def main() -> None:
     engine.target_lock = lambda *args, **kwargs: contextlib.nullcontext()
     for pair in range(1, args.pairs + 1):
         for loaders in (2, 1):
-            first, rest = measure(args.server, args.source, loaders)
+            first, rest = measure(args.server, args.source, roots, groups, loaders)
             print(f"pair {pair}, {loaders} loader(s): roots {first:.1f} s, the rest {rest:.1f} s")
 
 
