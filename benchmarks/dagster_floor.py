@@ -23,6 +23,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     AssetObservation,
     DagsterInstance,
@@ -44,6 +45,7 @@ from d1_migration.defs.table_metadata import (
     column_lineage,
     target_column_schema,
 )
+from d1_migration.spec.model import Table
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.target.ddl import load_order
 from d1_migration.verify.checks import SCHEMA_MATCHES
@@ -51,9 +53,8 @@ from d1_migration.verify.checks import SCHEMA_MATCHES
 VARIANTS = ("as the project", "lean metadata", "console at WARNING")
 
 
-def _events(variant: str, checks: dict[AssetKey, list[str]]) -> Iterator:
-    """The events of one run, shaped like the table step's (assets._table_events); ``checks``:
-    each asset's check names."""
+def source_checks() -> Iterator[AssetCheckEvaluation]:
+    """The sources' drift checks, which a run yields before any table."""
     for table in SCHEMA.tables:
         yield AssetCheckEvaluation(
             asset_key=source_key(table.name),
@@ -62,43 +63,56 @@ def _events(variant: str, checks: dict[AssetKey, list[str]]) -> Iterator:
             metadata={"columns": len(table.columns)},
             severity=AssetCheckSeverity.ERROR,
         )
-    for table in load_order(SCHEMA):  # Dagster wants a multi-asset's outputs in FK order
-        yield AssetObservation(
-            asset_key=source_key(table.name),
-            metadata={ROW_COUNT: 1000, "d1_table": table.name},
+
+
+def table_events(
+    table: Table, checks: dict[AssetKey, list[str]], rows: int = 1000, variant: str = VARIANTS[0]
+) -> Iterator:
+    """One table's events, shaped like the table step's (assets._table_events); ``checks``:
+    each asset's check names (check_names)."""
+    yield AssetObservation(
+        asset_key=source_key(table.name),
+        metadata={ROW_COUNT: rows, "d1_table": table.name},
+    )
+    metadata = {
+        "mode": "full",
+        "source_rows": rows,
+        "quarantine_reasons": MetadataValue.json({}),
+        "inserted": rows,
+        "seconds": 0.1,
+        ROW_COUNT: rows,
+        TABLE_NAME: f"db.public.{table.name}",
+    }
+    if variant != "lean metadata":
+        metadata[COLUMN_SCHEMA] = target_column_schema(table, SCHEMA)
+        metadata[COLUMN_LINEAGE] = column_lineage(table)
+    yield MaterializeResult(asset_key=target_key(table.name), metadata=metadata)
+    for name in checks[target_key(table.name)]:
+        yield AssetCheckResult(
+            asset_key=target_key(table.name),
+            check_name=name,
+            passed=True,
+            metadata={"d1_rows": rows, "postgres_rows": rows, "seconds": 0.01},
         )
-        metadata = {
-            "mode": "full",
-            "source_rows": 1000,
-            "quarantine_reasons": MetadataValue.json({}),
-            "inserted": 1000,
-            "seconds": 0.1,
-            ROW_COUNT: 1000,
-            TABLE_NAME: f"db.public.{table.name}",
-        }
-        if variant != "lean metadata":
-            metadata[COLUMN_SCHEMA] = target_column_schema(table, SCHEMA)
-            metadata[COLUMN_LINEAGE] = column_lineage(table)
-        yield MaterializeResult(asset_key=target_key(table.name), metadata=metadata)
-        for name in checks[target_key(table.name)]:
-            yield AssetCheckResult(
-                asset_key=target_key(table.name),
-                check_name=name,
-                passed=True,
-                metadata={"d1_rows": 1000, "postgres_rows": 1000, "seconds": 0.01},
-            )
+
+
+def check_names(table_checks: list[AssetCheckSpec]) -> dict[AssetKey, list[str]]:
+    checks: dict[AssetKey, list[str]] = {}
+    for spec in table_checks:
+        checks.setdefault(spec.asset_key, []).append(spec.name)
+    return checks
 
 
 def _run(variant: str) -> float:
     specs = [table_spec(t, SCHEMA) for t in SCHEMA.tables]
     table_checks = check_specs(SCHEMA)
-    checks: dict[AssetKey, list[str]] = {}
-    for spec in table_checks:
-        checks.setdefault(spec.asset_key, []).append(spec.name)
+    checks = check_names(table_checks)
 
     @multi_asset(name="migrate_tables", specs=specs, check_specs=table_checks)
     def migrate_tables():
-        yield from _events(variant, checks)
+        yield from source_checks()
+        for table in load_order(SCHEMA):  # Dagster wants a multi-asset's outputs in FK order
+            yield from table_events(table, checks, variant=variant)
 
     with DagsterInstance.ephemeral() as instance:
         started = time.perf_counter()

@@ -7,13 +7,22 @@ split into two FK-closed groups loaded by two threads at once, into a fresh data
 The roots are the tables without parents, users, and the small tables (< 1,000 rows) whose
 parents are all roots; the other tables are grouped by the FK edges among them (a table is in
 its parents' group) and the groups shared out by rows. The engine's target lock is bypassed:
-here the two loaders are one sync. Interleaved pairs, "two" first in each.
+here the two loaders are one sync. Interleaved pairs, "two" first in each. With
+``--processes``, the two loaders are two processes (forked), so they share no GIL.
+
+Why two loaders gain little as the engine is (profile.md): each first load drops its table's
+FKs inside its transaction, which takes ACCESS EXCLUSIVE on every parent until it commits, so
+two loaders of children of users take turns. ``patches/parents_unlocked.diff`` drops the FKs
+in a short transaction of their own and adds them back last; apply it to measure that:
+
+    git apply benchmarks/patches/parents_unlocked.diff
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import threading
 import time
@@ -77,10 +86,39 @@ def load(url: str, source: Path, selected: Collection[str], errors: list) -> Non
         errors.append(repr(error))
 
 
+def _load_in_child(url: str, source: Path, selected: Collection[str], report) -> None:
+    errors: list[str] = []
+    load(url, source, selected, errors)
+    report.put(errors)
+
+
+def _load_apart(url: str, source: Path, groups: list[set[str]], errors: list) -> None:
+    """The groups loaded at once by a forked process each (the target lock stays bypassed:
+    the children inherit the patched engine)."""
+    context = multiprocessing.get_context("fork")
+    report = context.Queue()
+    children = [
+        context.Process(target=_load_in_child, args=(url, source, group, report))
+        for group in groups
+    ]
+    for child in children:
+        child.start()
+    for _ in children:
+        errors += report.get()
+    for child in children:
+        child.join()
+
+
 def measure(
-    server: str, source: Path, roots: set[str], groups: list[set[str]], loaders: int
+    server: str,
+    source: Path,
+    roots: set[str],
+    groups: list[set[str]],
+    loaders: int,
+    processes: bool = False,
 ) -> tuple[float, float]:
-    """Seconds of the roots and of the rest, with ``loaders`` connections for the rest."""
+    """Seconds of the roots and of the rest, with ``loaders`` connections for the rest (in
+    processes of their own if ``processes``)."""
     name = f"two_loaders_{os.getpid()}"
     url = fresh_database(server, name)
     errors: list[str] = []
@@ -90,6 +128,8 @@ def measure(
         middle = time.perf_counter()
         if loaders == 1:
             load(url, source, groups[0] | groups[1], errors)
+        elif processes:
+            _load_apart(url, source, groups, errors)
         else:
             threads = [threading.Thread(target=load, args=(url, source, g, errors)) for g in groups]
             for thread in threads:
@@ -109,6 +149,7 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("--server", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--processes", action="store_true", help="two processes, not threads")
     args = parser.parse_args()
     roots, groups, sizes = split(args.source)
     print(f"roots: {len(roots)} tables; groups: {[len(g) for g in groups]} tables, rows {sizes}")
@@ -116,7 +157,7 @@ def main() -> None:
     engine.target_lock = lambda *args, **kwargs: contextlib.nullcontext()
     for pair in range(1, args.pairs + 1):
         for loaders in (2, 1):
-            first, rest = measure(args.server, args.source, roots, groups, loaders)
+            first, rest = measure(args.server, args.source, roots, groups, loaders, args.processes)
             print(f"pair {pair}, {loaders} loader(s): roots {first:.1f} s, the rest {rest:.1f} s")
 
 
