@@ -93,10 +93,22 @@ def full(source: Path, url: str, state: Path, content_check: str) -> dict:
     )
     figures = _run_figures(time.perf_counter() - started, summary)
     figures["import_seconds"] = imported
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    figures["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # every thread, imports included
-    figures["maxrss_mib_in_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures.update(process_usage())
     return figures
+
+
+def process_usage() -> dict:
+    """CPU seconds of this process and of the engine's (sync/apart.py: a child the step
+    waited for), and their two peak RSS added up: they run side by side, so the sum bounds
+    what the project held at once (a peer's peak is one process's, peers.measure)."""
+    step = resource.getrusage(resource.RUSAGE_SELF)
+    engine = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "cpu_seconds": step.ru_utime + step.ru_stime + engine.ru_utime + engine.ru_stime,
+        "maxrss_mib_in_process": step.ru_maxrss / 1024,
+        "maxrss_mib_engine": engine.ru_maxrss / 1024,
+        "peak_rss_mib_both": (step.ru_maxrss + engine.ru_maxrss) / 1024,
+    }
 
 
 def verify(source: Path, url: str) -> dict:
@@ -148,6 +160,7 @@ def resync(pristine: Path, url: str, state: Path, repeat: int, content_check: st
         print(f"deleted {users} users in D1, which cascaded: {rows} rows deleted or changed")
         figures["changed"].setdefault("0.1% of users deleted", []).append(rows)
         cases["0.1% of users deleted"].append(run(f"re-sync, 0.1% of users deleted ({i + 1})"))
+    figures.update(process_usage())
     return figures
 
 

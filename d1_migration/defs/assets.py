@@ -5,12 +5,14 @@ Each ``pg/<table>`` asset depends on ``d1/<table>`` (the source, an external ass
 parents before children.
 """
 
+import logging
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import psycopg
@@ -56,12 +58,12 @@ from d1_migration.defs.table_metadata import (
 )
 from d1_migration.source.snapshot import Snapshot
 from d1_migration.spec.model import Schema, Table, q
+from d1_migration.sync.apart import sync_tables_apart
 from d1_migration.sync.engine import (
     Outcome,
     SchemaDrift,
     Status,
     TargetLost,
-    sync_tables,
     target_lost,
     unsynced_message,
 )
@@ -72,6 +74,8 @@ from d1_migration.target.evolve import EvolutionRefused
 from d1_migration.target.load import TableResult
 from d1_migration.verify.checks import ContentCheck
 from d1_migration.verify.drift import Drift
+
+log = logging.getLogger(__name__)
 
 TABLE_STEP = "migrate_tables"  # the op that jobs configure (ops.migrate_tables.config)
 
@@ -399,7 +403,18 @@ def _sync_step(
 
     try:
         with (
-            d1.snapshot() as snapshot,
+            d1.snapshot() as snapshot,  # first: it keeps the file as the engine will read it
+            sync_tables_apart(  # the engine starts up while the checks' connections open
+                postgres.resolved_url(),
+                Path(d1.run_copy()["path"]),
+                schema,
+                sync.resolved_state_dir(),
+                incremental=config.mode == "incremental",
+                run_id=context.run.run_id,
+                selected=selected,
+                skip_tables=tuple(d1.skip_tables),
+                on_drift_checked=drift_checked,
+            ) as outcomes,
             postgres.connect() as conn,
             postgres.connect() as check_conn,
             postgres.connect() as other_check_conn,
@@ -412,34 +427,31 @@ def _sync_step(
             database, pg_schema = conn.execute(
                 "SELECT current_database(), current_schema()"
             ).fetchone()
-            outcomes = sync_tables(
-                conn,
-                snapshot,
-                schema,
-                sync.shadow_path,
-                incremental=config.mode == "incremental",
-                run_id=context.run.run_id,
-                selected=selected,
-                skip_tables=tuple(d1.skip_tables),
-                on_drift_checked=drift_checked,
-            )
+
+            def events(outcome: Outcome, target_gone: bool = False) -> Iterator:
+                return _table_events(
+                    context,
+                    outcome,
+                    checks,
+                    snapshot,
+                    conn,
+                    summary,
+                    failed,
+                    d1,
+                    schema,
+                    {**described, TABLE_NAME: f"{database}.{pg_schema}.{outcome.table.name}"},
+                    target_gone,
+                )
+
             try:
                 for outcome in outcomes:
                     yield from source_checks()
-                    yield from _table_events(
-                        context,
-                        outcome,
-                        checks,
-                        snapshot,
-                        conn,
-                        summary,
-                        failed,
-                        d1,
-                        schema,
-                        {**described, TABLE_NAME: f"{database}.{pg_schema}.{outcome.table.name}"},
-                    )
+                    yield from events(outcome)
             except SchemaDrift:
                 yield from source_checks()  # the drifted tables' checks fail before the step
+                raise
+            except TargetLost:  # the engine runs ahead of the step: what it committed counts
+                yield from _committed_ahead(outcomes, events)
                 raise
             yield from source_checks()
             yield from summary.counted(checks.finished(wait=True))
@@ -468,10 +480,12 @@ def _table_events(
     d1: D1Source,
     schema: Schema,
     described: dict,
+    target_gone: bool = False,
 ) -> Iterator[MaterializeResult | AssetCheckResult | AssetObservation]:
     """One table's outcome as Dagster events: its D1 source observed, its materialization (with
     what the catalog shows: row count, table name, column schema and lineage, quarantined
-    rows), then whichever checks are done by now."""
+    rows), then whichever checks are done by now; when the target is known to be gone, only
+    the first two, without the counts."""
     table, result = outcome.table, outcome.result
     if outcome.status is Status.UNSELECTED:  # its checks may be selected alone
         checks.settled(table, snapshot.count(table) if checks.wants(table) else None)
@@ -489,11 +503,13 @@ def _table_events(
             f"d1_migration.rejected_rows: {result.reasons}"
         )
     gone: TargetLost | None = None
+    counts, quarantined = {}, 0
     try:
-        rows, quarantined = _target_state(conn, table)
-        counts = {ROW_COUNT: rows, "quarantined_rows": quarantined}
+        if not target_gone:
+            rows, quarantined = _target_state(conn, table)
+            counts = {ROW_COUNT: rows, "quarantined_rows": quarantined}
     except TargetLost as lost:  # after the table's commit: it is synced, its counts unknown
-        gone, counts, quarantined = lost, {}, 0
+        gone = lost
     summary.table(result, quarantined)
     yield AssetObservation(
         asset_key=source_key(table.name),
@@ -513,8 +529,24 @@ def _table_events(
     )
     if gone is not None:
         raise gone
+    if target_gone:
+        return
     checks.settled(table, result.source_rows)
     yield from summary.counted(checks.finished())
+
+
+def _committed_ahead(
+    outcomes: Iterator[Outcome], events: Callable[[Outcome, bool], Iterator]
+) -> Iterator:
+    """After the step found the target gone: the tables the engine's process committed before
+    it found so too, whose outcomes were on their way, recorded as materialized (the lost
+    target's message counts the run's materializations as synced, _target_gone)."""
+    try:
+        for outcome in outcomes:
+            if outcome.result is not None:
+                yield from events(outcome, True)
+    except Exception as error:  # the engine's own news of the loss, most likely
+        log.info("the sync engine ended after the target was lost: %s", error)
 
 
 def _report(context: AssetExecutionContext, summary: StepSummary) -> None:

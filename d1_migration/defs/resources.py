@@ -25,6 +25,7 @@ from d1_migration.private_files import private_dir, private_file
 from d1_migration.source.d1_api import DEFAULT_API_BASE, D1Api, D1Database, copy_database
 from d1_migration.source.export import replayed_path
 from d1_migration.source.snapshot import Snapshot, SqliteSource
+from d1_migration.sync.shadow import shadow_file_in
 from d1_migration.target.connection import connect_target, redacted
 from d1_migration.target.embedded import embedded_postgres_url
 
@@ -229,10 +230,8 @@ class SyncSettings(ConfigurableResource):
         return Path(self.state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_WORKDIR / "sync")
 
     def shadow_path(self, conn: psycopg.Connection) -> Path:
-        """One shadow per target database, named by the target's sync token (which the
-        bookkeeping schema creates: ensure the schema first)."""
-        token = conn.execute("SELECT token FROM d1_migration.sync_token").fetchone()[0]
-        return self.resolved_state_dir() / f"shadow-{token}.sqlite"
+        """The target's shadow file (shadow_file_in)."""
+        return shadow_file_in(self.resolved_state_dir())(conn)
 
 
 def require_source(d1: D1Source, postgres: PostgresTarget) -> str:

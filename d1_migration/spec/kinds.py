@@ -22,7 +22,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
@@ -179,6 +179,15 @@ class ColumnKind:
     extras: tuple[Projection, ...] = ()
     decodes_text: bool = True
     empty_is_null: bool = True
+
+    def __reduce__(self) -> tuple:
+        """A built-in kind unpickles as Kind's own entry, which code compares by identity
+        (``kind is Kind.ID``): the engine's process receives the schema pickled
+        (sync/apart.py). Any other kind is rebuilt from its fields."""
+        for attr, kind in vars(Kind).items():
+            if kind is self:
+                return getattr, (Kind, attr)
+        return ColumnKind, tuple(getattr(self, f.name) for f in fields(self))
 
     def __post_init__(self) -> None:
         # A value read is then a value accepted: what lets Snapshot.arrow_batches tell the

@@ -1,8 +1,9 @@
 """The sync engine: the one loop that brings a target up to date, for every entry point.
 
 The table step of Materialize all and of the `migrate`/`full_rebuild` jobs and the `resync`
-schedule (defs/assets.py), the cutover gate (verify/cutover.py) and the CLI all sync through
-``sync_tables``, so a guard added here holds everywhere: D1's schema is compared with the spec
+schedule (defs/assets.py, in a process of its own: sync/apart.py), the cutover gate
+(verify/cutover.py) and the CLI all sync through ``sync_tables``, so a guard added here holds
+everywhere: D1's schema is compared with the spec
 before anything is written, tables load parents first, and a table that fails is left as it
 was (one transaction) while its descendants are skipped and the others go on. A lost
 connection to the target is the exception: nothing more can be written on it, so the sync
@@ -41,6 +42,9 @@ class SchemaDrift(Exception):
         )
         self.drift = drift
 
+    def __reduce__(self):  # pickled as what it was made of (sync/apart.py)
+        return SchemaDrift, (self.drift,)
+
 
 def unsynced_message(cause: str, unsynced: Sequence[str]) -> str:
     """One line for a sync cut short: why, and what is left to do (what was committed stays).
@@ -59,6 +63,9 @@ class TargetLost(Exception):
         super().__init__(unsynced_message(cause, unsynced))
         self.cause = cause
         self.unsynced = list(unsynced)
+
+    def __reduce__(self):  # pickled as what it was made of (sync/apart.py)
+        return TargetLost, (self.cause, self.unsynced)
 
 
 def target_lost(

@@ -38,10 +38,12 @@ import hashlib
 import json
 import sqlite3
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psycopg
 
 from d1_migration.private_files import private_dir, private_file
 from d1_migration.source.snapshot import CHOSEN_ROWS, Snapshot, SqliteSource, source_pk_text
@@ -70,6 +72,18 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(self.rowids or self.stale)
+
+
+def shadow_file_in(directory: Path) -> Callable[[psycopg.Connection], Path]:
+    """The shadow file of the target ``conn`` is connected to, in ``directory``: one per
+    target database, named by its sync token (which the bookkeeping schema creates: ensure
+    the schema first), so a new or rebuilt target starts with no shadow."""
+
+    def shadow_file(conn: psycopg.Connection) -> Path:
+        token = conn.execute("SELECT token FROM d1_migration.sync_token").fetchone()[0]
+        return directory / f"shadow-{token}.sqlite"
+
+    return shadow_file
 
 
 class Shadow:

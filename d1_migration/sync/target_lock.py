@@ -107,6 +107,20 @@ def target_lock(
         conn.close()  # ends the session, which releases the lock
 
 
+@contextmanager
+def held_elsewhere(conn: psycopg.Connection) -> Iterator[None]:
+    """Within the block, target_lock passes through on this thread for ``conn``'s target, as
+    if this thread held it: for the engine's process (sync/apart.py), whose parent holds the
+    lock and which dies with that parent, so it never writes once the lock is gone."""
+    held: set[tuple] = _held.__dict__.setdefault("identities", set())
+    identity = _identity(conn)
+    held.add(identity)
+    try:
+        yield
+    finally:
+        held.discard(identity)
+
+
 def _wait(
     conn: psycopg.Connection,
     holder: str,

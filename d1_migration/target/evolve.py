@@ -96,12 +96,16 @@ class EvolutionRefused(Exception):
     ``statements`` is the DDL to review and run (in order) before the next sync."""
 
     def __init__(self, changes: list[Change], note: str = "") -> None:
+        self.changes, self.note = changes, note
         self.statements = [c.ddl for c in changes]
         super().__init__(
             "The target's schema differs from the table spec in ways a sync does not apply; "
             f"nothing was changed.{' ' + note if note else ''} Review and run:\n"
             + "\n".join(f"-- {c.why}\n{c.ddl};" for c in changes)
         )
+
+    def __reduce__(self):  # pickled as what it was made of (sync/apart.py)
+        return EvolutionRefused, (self.changes, self.note)
 
 
 def _catalog(conn: psycopg.Connection, tables: list[str]) -> Catalog:
