@@ -2,6 +2,7 @@
 with the step that holds the target lock, its own death fails the step without losing a
 committed table, and what it raises reaches the step as itself."""
 
+import logging
 import os
 import pickle
 import signal
@@ -21,6 +22,7 @@ from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync.apart import _sendable
 from d1_migration.sync.engine import SchemaDrift, TargetLost
 from d1_migration.sync.target_lock import LOCK_KEY
+from d1_migration.target.ddl import ensure_schema
 from d1_migration.target.evolve import Change, EvolutionRefused
 from d1_migration.verify.drift import Drift
 from d1_migration_tests.helpers import ROOT
@@ -206,3 +208,24 @@ def test_the_schema_reaches_the_engine_as_it_is():
     for table, original in zip(sent.tables, SCHEMA.tables, strict=True):
         for column, its in zip(table.columns, original.columns, strict=True):
             assert column.kind is its.kind, (table.name, column.name)
+
+
+def test_the_engines_log_reaches_the_steps_loggers(tmp_path, pg_url, pg, caplog):
+    source = tmp_path / "d1.sqlite"
+    build_sample_db(source, users=15, seed=6)
+    ensure_schema(pg, SCHEMA)  # then Postgres refuses every row of habits
+    pg.execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
+    )
+    pg.execute("CREATE TRIGGER refuse BEFORE INSERT ON habits EXECUTE FUNCTION refuse()")
+    with caplog.at_level(logging.ERROR, logger="d1_migration"):
+        summary = run(source, pg_url, tmp_path / "sync")
+    assert "habits" not in summary.tables
+    (record,) = [
+        r
+        for r in caplog.records
+        if r.name == "d1_migration.sync.engine" and "habits: sync failed" in r.getMessage()
+    ]
+    assert record.levelno == logging.ERROR
+    assert "disk full" in record.getMessage()  # its traceback, formatted in the engine

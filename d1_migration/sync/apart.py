@@ -158,17 +158,29 @@ def _receive(conn: Connection, child: subprocess.Popen) -> tuple:
         raise EngineDied(f"the sync engine's process ended ({how}) before the sync did") from None
 
 
+class _Channel:
+    """The child's end of the socket, one message at a time whichever thread sends: the
+    engine's threads (read-ahead, shadow) may log while its main thread sends an outcome."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn, self.lock = conn, threading.Lock()
+
+    def send(self, *message: object) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+
 class _Forward(logging.Handler):
     """The child's log records, to the step's loggers of the same name."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, channel: _Channel) -> None:
         super().__init__()
-        self.conn = conn
+        self.channel = channel
 
     def emit(self, record: logging.LogRecord) -> None:
         record.msg, record.args = self.format(record), None  # its args may not pickle
         record.exc_info = record.exc_text = record.stack_info = None  # in msg now
-        self.conn.send(("log", record))
+        self.channel.send("log", record)
 
 
 def _sendable(error: BaseException) -> BaseException:
@@ -204,9 +216,10 @@ def _die_with_parent(parent: int) -> None:
 
 def _serve(conn: Connection) -> None:
     job: Job = conn.recv()
+    channel = _Channel(conn)
     logger = logging.getLogger("d1_migration")
     logger.setLevel(job.log_level)
-    logger.addHandler(_Forward(conn))
+    logger.addHandler(_Forward(channel))
     logger.propagate = False
     try:
         with (
@@ -223,15 +236,15 @@ def _serve(conn: Connection) -> None:
                 run_id=job.run_id,
                 selected=job.selected,
                 skip_tables=job.skip_tables,
-                on_drift_checked=lambda drift: conn.send(("drift", drift)),
+                on_drift_checked=lambda drift: channel.send("drift", drift),
             ):
-                conn.send(
-                    ("outcome", outcome.table.name, outcome.status, outcome.result, outcome.error)
+                channel.send(
+                    "outcome", outcome.table.name, outcome.status, outcome.result, outcome.error
                 )
     except BaseException as error:  # raised again in the step
-        conn.send(("error", _sendable(error)))
+        channel.send("error", _sendable(error))
     else:
-        conn.send(("done",))
+        channel.send("done")
 
 
 if __name__ == "__main__":
