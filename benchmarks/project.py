@@ -101,13 +101,15 @@ def process_usage() -> dict:
     """CPU seconds of this process and of the engine's (sync/apart.py: a child the step
     waited for), and their two peak RSS added up: they run side by side, so the sum bounds
     what the project held at once (a peer's peak is one process's, peers.measure)."""
+    from d1_migration.sync.apart import peak_rss_mib
+
     step = resource.getrusage(resource.RUSAGE_SELF)
     engine = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "cpu_seconds": step.ru_utime + step.ru_stime + engine.ru_utime + engine.ru_stime,
         "maxrss_mib_in_process": step.ru_maxrss / 1024,
         "maxrss_mib_engine": engine.ru_maxrss / 1024,
-        "peak_rss_mib_both": (step.ru_maxrss + engine.ru_maxrss) / 1024,
+        "peak_rss_mib_both": peak_rss_mib(),
     }
 
 

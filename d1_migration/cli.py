@@ -15,7 +15,6 @@ import csv
 import json
 import logging
 import os
-import resource
 import sys
 import tempfile
 import textwrap
@@ -45,6 +44,7 @@ from d1_migration.defs.resources import (
 from d1_migration.demo.sample_data import build_sample_db
 from d1_migration.runner import RunSummary, materialize_all
 from d1_migration.spec.tables import SCHEMA
+from d1_migration.sync.apart import peak_rss_mib
 from d1_migration.sync.target_lock import TargetBusy
 from d1_migration.target.connection import TargetError, TargetUnreachable, redacted
 from d1_migration.target.embedded import embedded_postgres_url, stop_embedded_postgres
@@ -322,14 +322,7 @@ def demo(args: argparse.Namespace) -> int:
     )
     migrate_seconds = time.perf_counter() - migrate_started
     print_summary(summary, _open_quarantine_counts(target) if summary.tables else [])
-    # this process's peak and the sync engine's (sync/apart.py: a child it waited for)
-    peak_mib = (
-        sum(
-            resource.getrusage(who).ru_maxrss
-            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        )
-        / 1024
-    )
+    peak_mib = peak_rss_mib()
     print(
         f"Migration {migrate_seconds:.1f} s, total {time.perf_counter() - started:.1f} s, "
         f"peak memory {peak_mib:.0f} MiB (the run's and its sync engine's processes); "

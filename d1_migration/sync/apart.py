@@ -25,6 +25,7 @@ import ctypes
 import logging
 import os
 import pickle
+import resource
 import signal
 import subprocess
 import sys
@@ -144,6 +145,13 @@ def _outcomes(
             raise payload[0]
         else:  # "done"
             return
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory and its engine processes' (children it waited
+    for), added up: the two run side by side, so the sum bounds what a run held at once."""
+    runs = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    return sum(resource.getrusage(who).ru_maxrss for who in runs) / 1024
 
 
 def _receive(conn: Connection, child: subprocess.Popen) -> tuple:

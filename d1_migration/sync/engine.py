@@ -3,9 +3,9 @@
 The table step of Materialize all and of the `migrate`/`full_rebuild` jobs and the `resync`
 schedule (defs/assets.py, in a process of its own: sync/apart.py), the cutover gate
 (verify/cutover.py) and the CLI all sync through ``sync_tables``, so a guard added here holds
-everywhere: D1's schema is compared with the spec
-before anything is written, tables load parents first, and a table that fails is left as it
-was (one transaction) while its descendants are skipped and the others go on. A lost
+everywhere: D1's schema is compared with the spec before anything is written, tables load
+parents first, and a table that fails is left as it was (one transaction) while its
+descendants are skipped and the others go on. A lost
 connection to the target is the exception: nothing more can be written on it, so the sync
 stops at once with one TargetLost naming the cause and the tables left unsynced.
 """
