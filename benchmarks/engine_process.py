@@ -7,8 +7,9 @@ three ways, in interleaved rounds:
 - ``engine alone``: no Dagster at all, the outcomes only counted: the floor;
 - ``in the step``: a multi-asset of the table step's specs and checks that runs the engine
   and yields each table's events as dagster_floor yields them (what the project does);
-- ``child process``: the same step, the engine in a forked child that sends each table's
-  outcome back through a queue while it goes on with the next table.
+- ``child process``: the same step, the engine in a process of its own as the project runs it
+  (``sync_tables_apart``), which sends each table's outcome back while it goes on with the
+  next table.
 
     PYTHONPATH=. python -m benchmarks.engine_process .d1_migration/bench/d1_1135_0_clean.sqlite
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import statistics
 import time
@@ -34,6 +34,7 @@ from d1_migration.defs.assets import table_spec
 from d1_migration.source.snapshot import SqliteSource
 from d1_migration.spec.tables import SCHEMA
 from d1_migration.sync import engine
+from d1_migration.sync.apart import sync_tables_apart
 
 Outcomes = Callable[[str, Path], Iterator[tuple[str, int]]]
 WAYS = ("engine alone", "in the step", "child process")
@@ -51,28 +52,14 @@ def in_process(url: str, source: Path) -> Iterator[tuple[str, int]]:
             yield outcome.table.name, outcome.result.source_rows
 
 
-def _child(url: str, source: Path, report) -> None:
-    try:
-        for item in in_process(url, source):
-            report.put(item)
-        report.put(None)
-    except BaseException as error:  # the parent raises it
-        report.put(repr(error))
-
-
 def in_child(url: str, source: Path) -> Iterator[tuple[str, int]]:
-    """in_process's outcomes, from a forked child (which inherits the bypassed lock)."""
-    context = multiprocessing.get_context("fork")
-    report = context.Queue()
-    child = context.Process(target=_child, args=(url, source, report))
-    child.start()
-    try:
-        while (item := report.get()) is not None:
-            if isinstance(item, str):
-                raise RuntimeError(f"the engine's process failed: {item}")
-            yield item
-    finally:
-        child.join()
+    """in_process's outcomes from the engine's own process, as the table step runs it
+    (sync/apart.py: the child passes through the target lock)."""
+    with sync_tables_apart(url, source, SCHEMA, None, incremental=False) as outcomes:
+        for outcome in outcomes:
+            if outcome.result is None:
+                raise RuntimeError(f"{outcome.table.name}: {outcome.error}")
+            yield outcome.table.name, outcome.result.source_rows
 
 
 def _step(outcomes: Outcomes, url: str, source: Path) -> None:

@@ -3,9 +3,10 @@
 In the step's process, Dagster's Python (storing each table's events: about 2 s a run) and the
 engine's (psycopg returns to it once per statement, some 2,450 in a first load) take turns at
 one GIL; in a process of its own the engine goes on with the next table while the step records
-the last one. Measured with benchmarks/engine_process.py: 70k rows 4.77 -> 3.03 s, 500k 6.57 ->
-5.39 s, 2M 14.31 -> 13.17 s (benchmarks/profile.md). The child runs ``sync_tables`` unchanged
-and sends back what it yields; the checks stay in the step, started by each outcome.
+the last one. Measured with benchmarks/engine_process.py (the table step's shape, no checks):
+70k rows 5.68 -> 4.36 s, 500k 7.55 -> 6.20 s, 2M 15.54 -> 15.27 s (benchmarks/profile.md).
+The child runs ``sync_tables`` unchanged and sends back what it yields; the checks stay in the
+step, started by each outcome.
 
 - The step takes the target lock (target_lock) on a session of its own before it copies D1.
   The child passes through it (``held_elsewhere``) and dies with the step that holds it
